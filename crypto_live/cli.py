@@ -1,0 +1,178 @@
+"""`crypto-live`: one command, one subcommand per service.
+
+Services are configured only through environment variables (listed in each
+subcommand's --help); command-line options exist only for the local tools
+(`run`, `simulate`). A bad setting ends the command with exit status 2 and one line
+naming the variable — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from crypto_live import __version__
+from crypto_live.settings import SERVICES, SettingsError, describe, load, variables
+
+PROG = "crypto-live"
+EXIT_CONFIG = 2
+
+# subcommand -> (settings class or None, "module:function" running it, one-line summary)
+_SERVICE_ENTRY = {
+    "producer": ("producer.service:run", "Read the Binance websocket and publish each event to KAFKA_TOPIC."),
+    "s3-sink": ("processors.s3_sink:run", "Write the topic to S3 as JSONL objects (by count or time)."),
+    "dynamo-sink": ("processors.dynamo_sink:run", "Upsert one DynamoDB row per event, with a TTL."),
+}
+
+
+class CommandError(Exception):
+    """A failure the user can act on; printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _env_epilog(settings_classes: Sequence[type]) -> str:
+    seen: dict[str, str] = {}
+    for cls in settings_classes:
+        for spec in variables(cls):
+            default = spec.default if spec.default is not None else ""
+            if spec.fallback:
+                default = f"${spec.fallback}"
+            elif spec.derive is not None:
+                default = "derived"
+            seen.setdefault(spec.env, f"  {spec.env:<32} {spec.help} [default: {default!s}]")
+    return "environment variables:\n" + "\n".join(seen.values())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Land Binance miniTicker events in S3 and DynamoDB through Kafka, losslessly.",
+        epilog="Run `crypto-live COMMAND --help` for the environment variables each command reads.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+        help="log verbosity (env LOG_LEVEL; default INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    for name, (target, summary) in _SERVICE_ENTRY.items():
+        cmd = sub.add_parser(name, help=summary, description=summary, formatter_class=fmt,
+                             epilog=_env_epilog([SERVICES[name]]))
+        cmd.set_defaults(handler=_service_handler(name, target))
+
+    run = sub.add_parser(
+        "run", formatter_class=fmt,
+        help="Run the whole pipeline on one machine (embedded broker and AWS emulator unless configured).",
+        description="Start what is not configured (Tansu broker unless KAFKA_BOOTSTRAP_SERVERS is set, "
+        "moto unless AWS_ENDPOINT_URL is set), provision topic, bucket, table and secret, and run "
+        "producer, S3 sink and DynamoDB sink together until Ctrl-C.",
+        epilog=_env_epilog(list(SERVICES.values()))
+        + "\n  AWS_ENDPOINT_URL                 boto3's own endpoint override",
+    )
+    run.add_argument("--simulate", action="store_true", help="read the built-in market simulator, not Binance")
+    run.add_argument("--symbols", type=int, default=50, help="simulated symbol count (with --simulate)")
+    run.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    run.set_defaults(handler=_lazy("crypto_live.local:run_command"))
+
+    sim = sub.add_parser(
+        "simulate", formatter_class=fmt,
+        help="Serve a Binance-compatible miniTicker websocket with a simulated market.",
+        description="A websocket server speaking Binance's market-data protocol: /ws/!miniTicker@arr, "
+        "/ws/<symbol>@miniTicker, /stream?streams=a/b, SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS, "
+        "server pings, and optional faults.",
+        epilog="environment variables: none\n\nfault spec: comma-separated KIND@SECONDS, KIND@everySECONDS "
+        "or stall@SECONDSforSECONDS; kinds: drop, shutdown, junk, stall.\n"
+        "example: crypto-live simulate --faults drop@30,junk@every10",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (default 8765)")
+    sim.add_argument("--symbols", type=int, default=20, help="number of simulated symbols (default 20)")
+    sim.add_argument("--interval", type=float, default=1.0,
+                     help="seconds between market updates, like Binance's 1 s (default 1.0)")
+    sim.add_argument("--rate", type=float, default=None,
+                     help="events per second across all symbols; sets --interval = symbols / rate")
+    sim.add_argument("--faults", default="", help="fault schedule, e.g. drop@30,shutdown@60,junk@every10")
+    sim.add_argument("--seed", type=int, default=None, help="random seed for a reproducible market")
+    sim.set_defaults(handler=_lazy("crypto_live.simulator.cli:simulate_command"))
+
+    cfg = sub.add_parser(
+        "config", formatter_class=fmt,
+        help="Validate the settings and print the effective configuration (secrets masked).",
+        description="Validate every service's settings and print the effective values and where each "
+        "came from. Exits 2 naming the first bad variable.",
+        epilog=_env_epilog(list(SERVICES.values())),
+    )
+    cfg.add_argument("service", nargs="?", choices=list(SERVICES), help="only this service's settings")
+    cfg.set_defaults(handler=config_command)
+    return parser
+
+
+def _import(target: str) -> Callable[..., Any]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _lazy(target: str) -> Callable[[argparse.Namespace, Mapping[str, str]], int]:
+    # Import services only when chosen: `--help` and `config` stay fast and need no broker libs.
+    def handler(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+        return _import(target)(args, environ)
+
+    return handler
+
+
+def _service_handler(name: str, target: str) -> Callable[[argparse.Namespace, Mapping[str, str]], int]:
+    def handler(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+        settings = load(SERVICES[name], environ)
+        return _import(target)(settings)
+
+    return handler
+
+
+def config_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    names = [args.service] if args.service else list(SERVICES)
+    loaded = [(name, load(SERVICES[name], environ)) for name in names]  # validate all before printing
+    for index, (name, settings) in enumerate(loaded):
+        if index:
+            print()
+        print(f"[{name}]")
+        for env, shown, source in describe(settings, environ):
+            print(f"{env}={shown}" + ("" if source == "env" else "  # default"))
+    endpoint = environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        print(f"\n# boto3 endpoint override: AWS_ENDPOINT_URL={endpoint}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args, os.environ if environ is None else environ)
+    except SettingsError as exc:
+        print(f"{PROG} {args.command}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CommandError as exc:
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The Binance 24-hour miniTicker event: its fields and a validator. Pure; no I/O.
+
+Binance sends (https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams)::
+
+    {"e": "24hrMiniTicker", "E": 1672515782136, "s": "BNBBTC",
+     "c": "0.0025", "o": "0.0010", "h": "0.0025", "l": "0.0010",
+     "v": "10000", "q": "18"}
+
+Prices and volumes are decimal strings and stay strings end to end: nothing here turns
+them into floats. :func:`validate` accepts an already parsed object; :func:`decode`
+accepts raw bytes. Both return a :class:`MiniTicker` or an :class:`Invalid` carrying the
+reason, so callers branch on the type instead of catching exceptions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+EVENT_TYPE = "24hrMiniTicker"
+
+#: field -> meaning, in Binance's order.
+FIELDS: dict[str, str] = {
+    "e": "event type",
+    "E": "event time (ms since the epoch)",
+    "s": "symbol",
+    "c": "close price",
+    "o": "open price",
+    "h": "high price",
+    "l": "low price",
+    "v": "total traded base asset volume",
+    "q": "total traded quote asset volume",
+}
+DECIMAL_FIELDS = ("c", "o", "h", "l", "v", "q")
+
+_DECIMAL = re.compile(r"\d+(\.\d+)?")
+_SYMBOL = re.compile(r"[A-Z0-9]{2,32}")
+# Event times outside [2017-01-01, 2100-01-01) are not milliseconds from this exchange
+# (seconds or microseconds would land outside), so they are rejected rather than stored.
+_MIN_EVENT_MS = 1_483_228_800_000
+_MAX_EVENT_MS = 4_102_444_800_000
+
+
+@dataclass(frozen=True, slots=True)
+class MiniTicker:
+    """A valid event. ``fields`` is the event's JSON object exactly as received."""
+
+    fields: dict[str, Any]
+
+    @property
+    def symbol(self) -> str:
+        return self.fields["s"]
+
+    @property
+    def event_time(self) -> int:
+        return self.fields["E"]
+
+    def to_json(self) -> bytes:
+        """The event's own JSON fields, compact, in the order they were received."""
+        return orjson.dumps(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why a payload is not a miniTicker event; ``reason`` is one human-readable line."""
+
+    reason: str
+
+
+def validate(obj: object) -> MiniTicker | Invalid:
+    """Check a parsed JSON value against the miniTicker contract.
+
+    Every field in :data:`FIELDS` must be present; ``e`` must be ``24hrMiniTicker``;
+    ``E`` an integer millisecond time; ``s`` an upper-case symbol; the prices and
+    volumes non-negative, finite decimal strings (``"0.00123000"``, not ``1.23e-3``,
+    not a JSON number). Extra fields are kept, as Binance may add some.
+    """
+    if not isinstance(obj, dict):
+        return Invalid(f"expected a JSON object, got {_json_kind(obj)}")
+    missing = [name for name in FIELDS if name not in obj]
+    if missing:
+        return Invalid("missing field" + ("s " if len(missing) > 1 else " ") + ", ".join(map(repr, missing)))
+    if obj["e"] != EVENT_TYPE:
+        return Invalid(f"field 'e' is {_short(obj['e'])}, expected {EVENT_TYPE!r}")
+    event_time = obj["E"]
+    if type(event_time) is not int:
+        return Invalid(f"field 'E' is {_json_kind(event_time)} {_short(event_time)}, expected an integer")
+    if not _MIN_EVENT_MS <= event_time < _MAX_EVENT_MS:
+        return Invalid(f"field 'E' is {event_time}, not an event time in milliseconds")
+    symbol = obj["s"]
+    if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol):
+        return Invalid(f"field 's' is {_short(symbol)}, expected an upper-case symbol such as 'BTCUSDT'")
+    for name in DECIMAL_FIELDS:
+        value = obj[name]
+        if not isinstance(value, str):
+            kind = _json_kind(value)
+            return Invalid(f"field {name!r} ({FIELDS[name]}) is {kind} {_short(value)}, expected a decimal string")
+        if not _DECIMAL.fullmatch(value):
+            return Invalid(f"field {name!r} ({FIELDS[name]}) is {_short(value)}, expected a finite decimal string")
+    return MiniTicker(obj)
+
+
+def decode(raw: bytes | str) -> MiniTicker | Invalid:
+    """Parse one JSON-encoded event and validate it."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(f"not JSON: {exc}")
+    return validate(obj)
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a number" if math.isfinite(value) else "a non-finite number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,273 @@
+"""Typed, validated settings: one frozen object per service, read from the environment.
+
+Contract:
+- ``load(SettingsClass, environ)`` is pure: it reads only the mapping it is given.
+- Every value is checked before any service connects anywhere. The first bad value
+  raises :class:`SettingsError`, whose message is one line naming the variable, the
+  value, and what was expected (``MAX_BATCH_SIZE='ten' is invalid: expected a whole
+  number >= 1``).
+- Variable names, defaults and meanings of the original single-script design are kept
+  (PIPELINE_IAM_USER, REGION, MAX_BATCH_SIZE, MAX_BATCH_TIMEOUT, S3_BUCKET,
+  S3_JSONL_DIR_PATH, BINANCE_WEBSOCKET_SECRET, DYNAMO_TABLE_NAME, RETENTION_TTL_DAYS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from crypto_live import parsers as p
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; ``str()`` is the one-line reason."""
+
+    def __init__(self, variable: str, value: str, expected: str):
+        self.variable = variable
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{variable}={value!r} is invalid: expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Var:
+    """How one field is read: its variable, default, parser and documentation.
+
+    ``default`` is the raw string used when the variable is unset (or set to the empty
+    string, as the original design's ``os.getenv(name, default)`` never distinguished
+    the two for numbers). ``fallback`` names another variable whose value is used
+    instead of ``default`` when this one is unset; ``derive`` computes a default from
+    fields already read in the same object.
+    """
+
+    env: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+    fallback: str | None = None
+    derive: Callable[[dict[str, Any]], str] | None = None
+    empty_is_unset: bool = True
+
+
+def var(env: str, default: str | None, parse: Callable[[str], Any], help: str, **kw: Any) -> Any:
+    """Declare a dataclass field read from environment variable ``env``."""
+    return dataclasses.field(metadata={"var": Var(env, default, parse, help, **kw)})
+
+
+def group(cls: type) -> Any:
+    """Declare a nested settings group (its variables are read from the same mapping)."""
+    return dataclasses.field(metadata={"group": cls})
+
+
+T = TypeVar("T")
+
+
+def load(cls: type[T], environ: Mapping[str, str]) -> T:
+    """Build ``cls`` from ``environ``, validating every field; raise SettingsError."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if "group" in f.metadata:
+            values[f.name] = load(f.metadata["group"], environ)
+            continue
+        spec: Var = f.metadata["var"]
+        source, raw = _raw_value(spec, environ, values)
+        if raw is None:
+            values[f.name] = None
+            continue
+        try:
+            values[f.name] = spec.parse(raw)
+        except ValueError as exc:
+            shown = raw if not spec.secret else p.redact_url(raw)
+            raise SettingsError(source, shown, str(exc)) from None
+    return cls(**values)
+
+
+def _raw_value(
+    spec: Var, environ: Mapping[str, str], values: dict[str, Any]
+) -> tuple[str, str | None]:
+    """(variable the value came from, raw string or None) — errors name that variable."""
+    raw = environ.get(spec.env)
+    if raw is not None and (raw.strip() or not spec.empty_is_unset):
+        return spec.env, raw.strip()
+    if spec.fallback is not None and environ.get(spec.fallback, "").strip():
+        return spec.fallback, environ[spec.fallback].strip()
+    if spec.derive is not None:
+        return spec.env, spec.derive(values)
+    return spec.env, spec.default
+
+
+def variables(cls: type) -> Iterator[Var]:
+    """Every variable ``cls`` reads, nested groups included, in declaration order."""
+    for f in dataclasses.fields(cls):
+        if "group" in f.metadata:
+            yield from variables(f.metadata["group"])
+        else:
+            yield f.metadata["var"]
+
+
+def describe(obj: Any, environ: Mapping[str, str]) -> Iterator[tuple[str, str, str]]:
+    """(variable, shown value, source) for each field of a loaded settings object.
+
+    Secret values are masked; source is ``env`` when the variable was set, else ``default``.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if "group" in f.metadata:
+            yield from describe(value, environ)
+            continue
+        spec: Var = f.metadata["var"]
+        shown = "" if value is None else p.show(value)
+        if spec.secret and value is not None:
+            shown = p.redact_url(str(value))
+        source = "env" if environ.get(spec.env, "").strip() else "default"
+        yield spec.env, shown, source
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclasses.dataclass(frozen=True)
+class AwsSettings:
+    """How boto3 authenticates; endpoints come from boto3's own AWS_ENDPOINT_URL[_<SERVICE>]."""
+
+    profile: str = var(
+        "PIPELINE_IAM_USER", "", p.text,
+        "boto3 profile to use; empty uses the default credential chain (ECS task role).",
+        empty_is_unset=False,
+    )
+    region: str = var("REGION", "ap-southeast-1", p.aws_region, "AWS region of S3, DynamoDB and Secrets Manager.")
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSettings:
+    """Where the bus is and how its topics look when this service has to create them."""
+
+    bootstrap_servers: str = var(
+        "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", p.bootstrap_servers,
+        "Comma-separated host:port list of Kafka brokers.",
+    )
+    topic: str = var("KAFKA_TOPIC", "binance.miniticker", p.topic_name, "Topic holding the raw miniTicker events.")
+    dlq_topic: str = var(
+        "KAFKA_DLQ_TOPIC", None, p.topic_name,
+        "Dead-letter topic for frames and messages that are not valid events (default <KAFKA_TOPIC>.dlq).",
+        derive=lambda v: f"{v['topic']}.dlq",
+    )
+    partitions: int = var(
+        "KAFKA_TOPIC_PARTITIONS", "3", p.whole(1, 10_000), "Partitions used when a topic has to be created."
+    )
+    replication_factor: int = var(
+        "KAFKA_TOPIC_REPLICATION_FACTOR", "1", p.whole(1, 32), "Replication factor used when a topic has to be created."
+    )
+    retention_ms: int = var(
+        "KAFKA_TOPIC_RETENTION_MS", "604800000", p.retention,
+        "retention.ms used when a topic has to be created (-1 keeps forever; default 7 days).",
+    )
+    retention_bytes: int = var(
+        "KAFKA_TOPIC_RETENTION_BYTES", "-1", p.retention,
+        "retention.bytes per partition used when a topic has to be created (-1 = no size limit).",
+    )
+    session_timeout_ms: int = var(
+        "KAFKA_SESSION_TIMEOUT_MS", "45000", p.whole(1000, 3_600_000),
+        "Consumer group session timeout in ms (sinks only).",
+    )
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclasses.dataclass(frozen=True)
+class ProducerSettings:
+    """`crypto-live producer`: Binance websocket -> KAFKA_TOPIC."""
+
+    aws: AwsSettings = group(AwsSettings)
+    kafka: KafkaSettings = group(KafkaSettings)
+    websocket_url: str | None = var(
+        "BINANCE_WEBSOCKET_URL", None, p.websocket_url,
+        "Websocket URL to read; when set it overrides the secret (local runs).", secret=True,
+    )
+    websocket_secret: str = var(
+        "BINANCE_WEBSOCKET_SECRET", "crypto-live.binance_ws", p.secret_name,
+        "Secrets Manager secret holding the websocket URL (the URL itself or JSON {\"url\": ...}).",
+    )
+    symbols: tuple[str, ...] = var(
+        "BINANCE_SYMBOLS", "", p.symbols,
+        "Comma-separated symbols to subscribe to (<symbol>@miniTicker); empty = all-market !miniTicker@arr.",
+        empty_is_unset=False,
+    )
+    stale_after: float = var(
+        "PRODUCER_STALE_AFTER", "30", p.seconds,
+        "Reconnect when no data arrived for this many seconds (the stream updates every second).",
+    )
+    max_connection_age: float = var(
+        "PRODUCER_MAX_CONNECTION_AGE", "82800", p.seconds,
+        "Reconnect on our own schedule after this many seconds (Binance cuts connections at 24 h).",
+    )
+    reconnect_max_delay: float = var(
+        "PRODUCER_RECONNECT_MAX_DELAY", "60", p.seconds, "Cap of the exponential reconnect backoff, in seconds."
+    )
+    shutdown_timeout: float = var(
+        "PRODUCER_SHUTDOWN_TIMEOUT", "25", p.seconds,
+        "Seconds to flush in-flight messages on SIGTERM (fits ECS's 30 s stop window).",
+    )
+    stats_interval: float = var(
+        "PRODUCER_STATS_INTERVAL", "60", p.seconds, "Seconds between the counters log line."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class S3SinkSettings:
+    """`crypto-live s3-sink`: KAFKA_TOPIC -> JSONL objects in S3."""
+
+    aws: AwsSettings = group(AwsSettings)
+    kafka: KafkaSettings = group(KafkaSettings)
+    bucket: str = var("S3_BUCKET", "crypto-live-bucket", p.bucket_name, "S3 bucket receiving the JSONL objects.")
+    prefix: str = var(
+        "S3_JSONL_DIR_PATH", "batch_jsonl", p.s3_prefix, "Key prefix (directory) inside S3_BUCKET.",
+        empty_is_unset=False,
+    )
+    max_batch_size: int = var(
+        "MAX_BATCH_SIZE", "1000", p.whole(1, 1_000_000),
+        "Rows per JSONL object at most; a full batch is written at once.",
+    )
+    max_batch_timeout: float = var(
+        "MAX_BATCH_TIMEOUT", "10", p.seconds, "Seconds an event waits at most before its batch is written."
+    )
+    compression: str = var("S3_COMPRESSION", "none", p.choice("none", "gzip"), "none (.jsonl) or gzip (.jsonl.gz).")
+    consumer_group: str = var("S3_SINK_GROUP", "crypto-live-s3-sink", p.group_id, "Consumer group of the S3 sink.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamoSinkSettings:
+    """`crypto-live dynamo-sink`: KAFKA_TOPIC -> one TTL row per event in DynamoDB."""
+
+    aws: AwsSettings = group(AwsSettings)
+    kafka: KafkaSettings = group(KafkaSettings)
+    table: str = var("DYNAMO_TABLE_NAME", "crypto-live-miniticker", p.table_name, "DynamoDB table receiving the rows.")
+    retention_ttl_days: int = var(
+        "RETENTION_TTL_DAYS", "1", p.whole(1, 36_500), "Days a row lives: ttl = event time + this many days."
+    )
+    max_batch_size: int = var(
+        "DYNAMO_MAX_BATCH_SIZE", "1000", p.whole(1, 1_000_000),
+        "Events per flush at most (defaults to MAX_BATCH_SIZE).", fallback="MAX_BATCH_SIZE",
+    )
+    max_batch_timeout: float = var(
+        "DYNAMO_MAX_BATCH_TIMEOUT", "10", p.seconds,
+        "Seconds an event waits at most before it is written (defaults to MAX_BATCH_TIMEOUT).",
+        fallback="MAX_BATCH_TIMEOUT",
+    )
+    create_table: bool = var(
+        "DYNAMO_CREATE_TABLE", "false", p.boolean,
+        "Create the table (on-demand, TTL on `ttl`) when missing; for local runs only.",
+    )
+    consumer_group: str = var(
+        "DYNAMO_SINK_GROUP", "crypto-live-dynamo-sink", p.group_id, "Consumer group of the DynamoDB sink."
+    )
+
+
+SERVICES: dict[str, type] = {
+    "producer": ProducerSettings,
+    "s3-sink": S3SinkSettings,
+    "dynamo-sink": DynamoSinkSettings,
+}
