@@ -1,0 +1,120 @@
+"""The Quix Streams application both sinks share: read, validate, dead-letter, sink.
+
+Batching is Quix's checkpoint: a checkpoint closes when ``commit_every`` messages were
+processed or ``commit_interval`` seconds passed since it opened — checked on every turn
+of Quix's poll loop, so the time limit holds on a quiet stream too. Closing a
+checkpoint flushes the sinks (``BatchingSink.write`` per topic-partition), then the
+producer (dead letters), and only then commits the offsets: an offset is committed only
+after what it carried is stored. A sink that raises ``SinkBackpressureError`` makes
+Quix pause, seek back to the last committed offsets and process the batch again later.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from quixstreams import Application
+from quixstreams.context import message_context
+from quixstreams.models import TopicConfig
+from quixstreams.sinks import BatchingSink
+
+from crypto_live import dead_letter
+from crypto_live.event import Invalid, decode
+from crypto_live.kafka import client_config, ensure_topics, topic_specs
+from crypto_live.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One consumed message after validation: the event's fields, or its DLQ record."""
+
+    event: dict[str, Any] | None = None
+    dead_letter: dict[str, Any] | None = None
+
+
+def check_message(raw: bytes | None, *, stage: str, topic: str, partition: int, offset: int) -> Checked:
+    """Validate one message value (pure): the event, or the dead-letter record saying why not."""
+    if raw is None:
+        return Checked(dead_letter=dead_letter.dead_letter(
+            "message has no value", b"", stage=stage, topic=topic, partition=partition, offset=offset))
+    result = decode(raw)
+    if isinstance(result, Invalid):
+        return Checked(dead_letter=dead_letter.dead_letter(
+            result.reason, raw, stage=stage, topic=topic, partition=partition, offset=offset))
+    return Checked(event=result.fields)
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What a sink process runs: which group, how batches close, which sink writes."""
+
+    stage: str
+    consumer_group: str
+    commit_every: int
+    commit_interval: float
+
+
+def build_application(
+    kafka: KafkaSettings,
+    plan: StreamPlan,
+    sink: BatchingSink,
+    *,
+    on_dead_letter: Callable[[dict[str, Any]], None] | None = None,
+) -> Application:
+    """An Application wired for ``plan``; topics are created first if missing."""
+    ensure_topics(kafka)
+    heartbeat_ms = max(100, min(3000, kafka.session_timeout_ms // 3))
+    app = Application(
+        broker_address=client_config(kafka)["bootstrap.servers"],
+        consumer_group=plan.consumer_group,
+        # A group deployed after the producer must not miss what is already in the topic.
+        auto_offset_reset="earliest",
+        commit_every=plan.commit_every,
+        commit_interval=plan.commit_interval,
+        processing_guarantee="at-least-once",
+        auto_create_topics=False,
+        use_changelog_topics=False,
+        # Stateless app: keep Quix's state directory out of the working directory.
+        state_dir=tempfile.mkdtemp(prefix=f"crypto-live-{plan.stage}-"),
+        consumer_extra_config={
+            "session.timeout.ms": kafka.session_timeout_ms,
+            "heartbeat.interval.ms": heartbeat_ms,
+        },
+    )
+    spec_by_name = {spec.name: spec for spec in topic_specs(kafka)}
+
+    def topic(name: str, **serde: Any):
+        spec = spec_by_name[name]
+        config = TopicConfig(
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            extra_config=dict(spec.config),
+        )
+        return app.topic(name, config=config, **serde)
+
+    source = topic(kafka.topic, key_deserializer="bytes", value_deserializer="bytes")
+    dlq = topic(kafka.dlq_topic, key_serializer="bytes", value_serializer="bytes")
+
+    def check(raw: bytes | None) -> Checked:
+        ctx = message_context()
+        return check_message(raw, stage=plan.stage, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset)
+
+    def to_dead_letter(checked: Checked) -> bytes:
+        assert checked.dead_letter is not None
+        log.warning("dead-lettered %s[%s]@%s: %s", checked.dead_letter["source"]["topic"],
+                    checked.dead_letter["source"]["partition"], checked.dead_letter["source"]["offset"],
+                    checked.dead_letter["reason"])
+        if on_dead_letter is not None:
+            on_dead_letter(checked.dead_letter)
+        return dead_letter.encode(checked.dead_letter)
+
+    checked = app.dataframe(source).apply(check)
+    checked.filter(lambda c: c.dead_letter is not None).apply(to_dead_letter).to_topic(dlq)
+    checked.filter(lambda c: c.event is not None).apply(lambda c: c.event).sink(sink)
+    return app
