@@ -106,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=None, help="random seed for a reproducible market")
     sim.set_defaults(handler=_lazy("crypto_live.simulator.cli:simulate_command"))
 
+    prov = sub.add_parser(
+        "provision", formatter_class=fmt,
+        help="Create the topics, bucket, table and websocket secret when missing (local stacks).",
+        description="Create whatever is missing: the event and dead-letter topics (explicit partitions and "
+        "retention), the S3 bucket, the DynamoDB table (on-demand, TTL on `ttl`) and the websocket secret. "
+        "Existing resources are left as they are. Production resources come from infrastructure code.",
+        epilog=_env_epilog(list(SERVICES.values())),
+    )
+    prov.add_argument("--kafka", action="store_true", help="only the topics")
+    prov.add_argument("--aws", action="store_true", help="only the bucket, table and secret")
+    prov.add_argument("--websocket-url", default="wss://stream.binance.com:9443/ws/!miniTicker@arr",
+                      help="value stored in BINANCE_WEBSOCKET_SECRET when it has to be created")
+    prov.set_defaults(handler=_lazy("crypto_live.provision:provision_command"))
+
     cfg = sub.add_parser(
         "config", formatter_class=fmt,
         help="Validate the settings and print the effective configuration (secrets masked).",

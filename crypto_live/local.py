@@ -1,0 +1,328 @@
+"""`crypto-live run`: the whole pipeline on one machine.
+
+Starts what is not configured (Tansu unless KAFKA_BOOTSTRAP_SERVERS is set, moto unless
+AWS_ENDPOINT_URL is set), provisions topics, bucket, table and secret, then runs the
+producer and both sinks as child processes — the same commands production runs — and
+shows their progress as seen from outside: topic offsets, consumer lag, S3 objects,
+DynamoDB rows. Stopping is ordered so nothing read is left behind: the producer first
+(it flushes), then the sinks once they have caught up with the topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from crypto_live.cli import CommandError
+from crypto_live.parsers import redact_url
+from crypto_live.settings import DynamoSinkSettings, ProducerSettings, S3SinkSettings, load
+
+log = logging.getLogger(__name__)
+
+LIVE_URL = "wss://stream.binance.com:9443/ws/!miniTicker@arr"
+SERVICES = ("producer", "s3-sink", "dynamo-sink")
+
+
+# ------------------------------------------------------------------ pure decisions
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """Where the producer reads from, and what to tell the user about it."""
+
+    kind: str  # "env" | "simulator" | "live"
+    url: str | None  # None: start the built-in simulator
+    note: str
+
+
+def choose_source(environ: Mapping[str, str], simulate: bool, live_reachable: Callable[[str], bool]) -> SourceChoice:
+    """BINANCE_WEBSOCKET_URL wins; then --simulate; then live Binance if reachable, else the simulator."""
+    given = environ.get("BINANCE_WEBSOCKET_URL", "").strip()
+    if given:
+        return SourceChoice("env", given, f"reading BINANCE_WEBSOCKET_URL ({redact_url(given)})")
+    if simulate:
+        return SourceChoice("simulator", None, "reading the built-in market simulator (--simulate)")
+    if live_reachable(LIVE_URL):
+        return SourceChoice("live", LIVE_URL, f"reading live Binance data ({redact_url(LIVE_URL)})")
+    return SourceChoice(
+        "simulator", None,
+        f"Binance ({redact_url(LIVE_URL)}) cannot be reached from this machine: "
+        "falling back to the built-in market simulator",
+    )
+
+
+def tcp_reachable(url: str, timeout: float = 3.0) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float
+    events_in: int
+    dead_letters: int
+    s3_objects: int
+    dynamo_rows: int
+    lag: dict[str, int]
+
+
+def format_status(now: Snapshot, before: Snapshot | None) -> str:
+    """One compact status line (pure)."""
+    rate = 0.0
+    if before is not None and now.at > before.at:
+        rate = (now.events_in - before.events_in) / (now.at - before.at)
+    lag = " ".join(f"{name} {value:,}" for name, value in now.lag.items())
+    return (f"events in {now.events_in:,} ({rate:,.0f}/s) | S3 objects {now.s3_objects:,} | "
+            f"DynamoDB rows {now.dynamo_rows:,} | dead letters {now.dead_letters:,} | lag {lag}")
+
+
+# ------------------------------------------------------------------ observation
+
+
+class Observer:
+    """Reads the pipeline's progress from the bus and the stores, never from the services."""
+
+    def __init__(self, s3: S3SinkSettings, dynamo: DynamoSinkSettings):
+        from confluent_kafka import Consumer
+
+        from crypto_live import aws
+
+        self._s3_settings, self._dynamo_settings = s3, dynamo
+        self._kafka = s3.kafka
+        self._consumers = {
+            name: Consumer({"bootstrap.servers": self._kafka.bootstrap_servers, "group.id": group,
+                            "enable.auto.commit": False})
+            for name, group in (("s3", s3.consumer_group), ("dynamo", dynamo.consumer_group))
+        }
+        self._s3 = aws.client(s3.aws, "s3")
+        self._dynamo = aws.client(dynamo.aws, "dynamodb")
+
+    def _end_offsets(self, topic: str) -> dict[int, int]:
+        from confluent_kafka import TopicPartition
+
+        consumer = self._consumers["s3"]
+        partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in partitions}
+
+    def lag(self) -> dict[str, int]:
+        from confluent_kafka import TopicPartition
+
+        ends = self._end_offsets(self._kafka.topic)
+        result = {}
+        for name, consumer in self._consumers.items():
+            committed = consumer.committed([TopicPartition(self._kafka.topic, p) for p in ends], timeout=5)
+            result[name] = sum(end - max(tp.offset, 0) for tp, end in zip(committed, ends.values(), strict=True))
+        return result
+
+    def s3_keys(self) -> list[str]:
+        prefix = f"{self._s3_settings.prefix}/" if self._s3_settings.prefix else ""
+        keys: list[str] = []
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._s3_settings.bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
+    def dynamo_rows(self) -> int:
+        total, kwargs = 0, {"TableName": self._dynamo_settings.table, "Select": "COUNT"}
+        while True:
+            page = self._dynamo.scan(**kwargs)
+            total += page["Count"]
+            if "LastEvaluatedKey" not in page:
+                return total
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            at=time.monotonic(),
+            events_in=sum(self._end_offsets(self._kafka.topic).values()),
+            dead_letters=sum(self._end_offsets(self._kafka.dlq_topic).values()),
+            s3_objects=len(self.s3_keys()),
+            dynamo_rows=self.dynamo_rows(),
+            lag=self.lag(),
+        )
+
+    def sample_row(self, symbol: str) -> dict | None:
+        page = self._dynamo.query(
+            TableName=self._dynamo_settings.table, KeyConditionExpression="symbol = :s",
+            ExpressionAttributeValues={":s": {"S": symbol}}, ScanIndexForward=False, Limit=1)
+        return page["Items"][0] if page["Items"] else None
+
+    def close(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.close()
+
+
+# ------------------------------------------------------------------ the command
+
+
+def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    # Validate every service's settings before starting anything.
+    for cls in (ProducerSettings, S3SinkSettings, DynamoSinkSettings):
+        load(cls, environ)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with ExitStack() as stack:
+        env = dict(environ)
+        env.update(_start_missing_infrastructure(stack, environ))
+        producer, s3, dynamo = (load(cls, env) for cls in (ProducerSettings, S3SinkSettings, DynamoSinkSettings))
+
+        source = choose_source(env, args.simulate, tcp_reachable)
+        _say(source.note)
+        if source.url is None:
+            env["BINANCE_WEBSOCKET_URL"] = _start_simulator(stack, args.symbols)
+        secret_url = source.url if source.kind == "live" else env["BINANCE_WEBSOCKET_URL"]
+
+        from crypto_live.provision import provision_aws, provision_kafka
+
+        provision_kafka(producer.kafka)
+        provision_aws(producer, s3, dynamo, secret_url)
+
+        log_dir = Path(env.get("CRYPTO_LIVE_LOG_DIR", ".crypto-live/logs"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        children = {name: _start_service(name, env, log_dir) for name in SERVICES}
+        _say(f"producer, s3-sink and dynamo-sink started; their logs are in {log_dir}/")
+        observer = Observer(s3, dynamo)
+        stack.callback(observer.close)
+        failed = _watch(children, observer, stop, args.duration)
+        code = _stop_in_order(children, observer)
+        _print_summary(observer, s3, dynamo, env)
+        if failed:
+            raise CommandError(f"{failed} exited unexpectedly; see {log_dir}/{failed}.log")
+        return code
+
+
+def _say(message: str) -> None:
+    print(f"crypto-live run: {message}", flush=True)
+
+
+def _start_missing_infrastructure(stack: ExitStack, environ: Mapping[str, str]) -> dict[str, str]:
+    from crypto_live.embedded import EmbeddedAws, EmbeddedBroker, EmbeddedStackError, emulator_environment
+
+    env: dict[str, str] = {}
+    try:
+        if not environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+            broker = stack.enter_context(EmbeddedBroker())
+            env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+            _say(f"started the embedded Kafka broker (Tansu) on {broker.bootstrap_servers}")
+        if not environ.get("AWS_ENDPOINT_URL", "").strip():
+            emulator = stack.enter_context(EmbeddedAws())
+            env.update(emulator_environment(emulator.endpoint_url))
+            _say(f"started the embedded AWS emulator (moto) on {emulator.endpoint_url} (memory only)")
+    except EmbeddedStackError as exc:
+        raise CommandError(str(exc)) from None
+    return env
+
+
+def _start_simulator(stack: ExitStack, symbols: int) -> str:
+    from crypto_live.simulator import SimulatorOptions, SimulatorThread
+
+    simulator = SimulatorThread(SimulatorOptions(symbols=symbols))
+    simulator.start()
+    stack.callback(simulator.stop)
+    return simulator.url("!miniTicker@arr")
+
+
+def _start_service(name: str, env: Mapping[str, str], log_dir: Path) -> subprocess.Popen:
+    log_file = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+    return subprocess.Popen(
+        [sys.executable, "-m", "crypto_live.cli", name], env=dict(env), stdin=subprocess.DEVNULL,
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _watch(children: dict[str, subprocess.Popen], observer: Observer, stop: threading.Event,
+           duration: float | None) -> str | None:
+    """Show status until asked to stop; the name of a child that died on its own, if any."""
+    deadline = None if duration is None else time.monotonic() + duration
+    interactive = sys.stdout.isatty()
+    before = None
+    last_print = 0.0
+    while not stop.wait(1.0):
+        for name, child in children.items():
+            if child.poll() is not None:
+                return name
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        try:
+            now = observer.snapshot()
+        except Exception as exc:  # noqa: BLE001 - status is best effort; services carry on
+            log.debug("status unavailable: %s", exc)
+            continue
+        line = format_status(now, before)
+        before = now
+        if interactive:
+            print("\r" + line, end="", flush=True)
+        elif time.monotonic() - last_print >= 10:
+            print(line, flush=True)
+            last_print = time.monotonic()
+    if interactive:
+        print()
+    return None
+
+
+def _terminate(child: subprocess.Popen, timeout: float) -> int:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    try:
+        return child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
+
+
+def _stop_in_order(children: dict[str, subprocess.Popen], observer: Observer) -> int:
+    _say("stopping: producer first, then the sinks once they have caught up")
+    codes = {"producer": _terminate(children["producer"], 35)}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(c.poll() is None for n, c in children.items() if n != "producer"):
+        try:
+            if not any(observer.lag().values()):
+                break
+        except Exception as exc:  # noqa: BLE001
+            log.debug("lag unavailable: %s", exc)
+        time.sleep(0.5)
+    for name in ("s3-sink", "dynamo-sink"):
+        codes[name] = _terminate(children[name], 35)
+    bad = {name: code for name, code in codes.items() if code != 0}
+    if bad:
+        _say("not every service stopped cleanly: " + ", ".join(f"{n} exit {c}" for n, c in bad.items()))
+        return 1
+    return 0
+
+
+def _print_summary(observer: Observer, s3: S3SinkSettings, dynamo: DynamoSinkSettings, env: Mapping[str, str]) -> None:
+    try:
+        final = observer.snapshot()
+        keys = observer.s3_keys()
+    except Exception as exc:  # noqa: BLE001
+        _say(f"no summary: {exc}")
+        return
+    endpoint = env.get("AWS_ENDPOINT_URL", "")
+    flag = f" --endpoint-url {endpoint}" if endpoint else ""
+    print(format_status(final, None).replace(" (0/s)", ""))
+    print(f"S3: s3://{s3.bucket}/{s3.prefix}  e.g. {keys[0] if keys else '(no objects yet)'}")
+    print(f"  aws{flag} s3 ls s3://{s3.bucket}/{s3.prefix}/ --recursive")
+    print(f"DynamoDB: table {dynamo.table}")
+    print(f"  aws{flag} dynamodb query --table-name {dynamo.table} "
+          "--key-condition-expression 'symbol = :s' "
+          "--expression-attribute-values '{\":s\":{\"S\":\"BTCUSDT\"}}'")
+    if endpoint and "AWS_ENDPOINT_URL" not in os.environ:
+        print("(the embedded AWS emulator keeps data in memory only and stopped with this command; "
+              "set AWS_ENDPOINT_URL to keep the output)")
