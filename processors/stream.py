@@ -38,15 +38,28 @@ class Checked:
     dead_letter: dict[str, Any] | None = None
 
 
-def check_message(raw: bytes | None, *, stage: str, topic: str, partition: int, offset: int) -> Checked:
-    """Validate one message value (pure): the event, or the dead-letter record saying why not."""
+#: A sink's own check of a valid event: why it cannot store it, or None.
+Reject = Callable[[dict[str, Any]], str | None]
+
+
+def check_message(
+    raw: bytes | None, *, stage: str, topic: str, partition: int, offset: int, reject: Reject | None = None
+) -> Checked:
+    """Validate one message value (pure): the event, or the dead-letter record saying why not.
+
+    ``reject`` lets a sink dead-letter valid events its destination cannot hold.
+    """
     if raw is None:
         return Checked(dead_letter=dead_letter.dead_letter(
             "message has no value", b"", stage=stage, topic=topic, partition=partition, offset=offset))
     result = decode(raw)
     if isinstance(result, Invalid):
+        reason: str | None = result.reason
+    else:
+        reason = reject(result.fields) if reject is not None else None
+    if reason is not None:
         return Checked(dead_letter=dead_letter.dead_letter(
-            result.reason, raw, stage=stage, topic=topic, partition=partition, offset=offset))
+            reason, raw, stage=stage, topic=topic, partition=partition, offset=offset))
     return Checked(event=result.fields)
 
 
@@ -66,8 +79,12 @@ def build_application(
     sink: BatchingSink,
     *,
     on_dead_letter: Callable[[dict[str, Any]], None] | None = None,
+    reject: Reject | None = None,
 ) -> Application:
-    """An Application wired for ``plan``; topics are created first if missing."""
+    """An Application wired for ``plan``; topics are created first if missing.
+
+    ``reject`` (see :func:`check_message`) sends valid events the sink cannot store to the DLQ.
+    """
     ensure_topics(kafka)
     heartbeat_ms = max(100, min(3000, kafka.session_timeout_ms // 3))
     app = Application(
@@ -103,7 +120,8 @@ def build_application(
 
     def check(raw: bytes | None) -> Checked:
         ctx = message_context()
-        return check_message(raw, stage=plan.stage, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset)
+        return check_message(raw, stage=plan.stage, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset,
+                             reject=reject)
 
     def to_dead_letter(checked: Checked) -> bytes:
         assert checked.dead_letter is not None
