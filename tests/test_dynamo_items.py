@@ -1,0 +1,133 @@
+"""The DynamoDB row contract, batching and backoff, without any I/O."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+import pytest
+from boto3.dynamodb.types import TypeDeserializer
+
+from processors import dynamo_items as items
+from processors.stream import check_message
+
+EVENT = {"e": "24hrMiniTicker", "E": 1700000000123, "s": "BNBBTC", "c": "0.00250000", "o": "0.00000001",
+         "h": "123456789.12345678", "l": "0.0010", "v": "10000", "q": "18"}
+
+
+def test_item_carries_binance_decimals_exactly_and_ttl_from_event_time():
+    item = items.to_item(EVENT, ttl_days=3)
+    assert item == {
+        "symbol": {"S": "BNBBTC"},
+        "event_time": {"N": "1700000000123"},
+        "close": {"N": "0.00250000"},
+        "open": {"N": "0.00000001"},
+        "high": {"N": "123456789.12345678"},
+        "low": {"N": "0.0010"},
+        "base_volume": {"N": "10000"},
+        "quote_volume": {"N": "18"},
+        "event_type": {"S": "24hrMiniTicker"},
+        "ttl": {"N": str(1700000000 + 3 * 86400)},
+    }
+    plain = {name: TypeDeserializer().deserialize(value) for name, value in item.items()}
+    assert plain["open"] == Decimal("0.00000001") and plain["high"] == Decimal("123456789.12345678")
+
+
+def test_ttl_truncates_milliseconds_and_adds_whole_days():
+    assert items.ttl_seconds(1700000000999, 1) == 1700000000 + 86400
+    assert items.ttl_seconds(1700000000000, 7) == 1700000000 + 7 * 86400
+
+
+@pytest.mark.parametrize("text", ["0", "0.00000000", "0.00250000", "0001.5", "9" * 38, "0." + "0" * 100 + "1"])
+def test_numbers_dynamodb_accepts_are_sent_as_received(text):
+    assert items.dynamo_number(text) == text
+
+
+def test_more_than_38_digits_of_trailing_zeros_are_trimmed_to_the_same_number():
+    text = "1.5" + "0" * 40
+    sent = items.dynamo_number(text)
+    assert Decimal(sent) == Decimal(text) and len(Decimal(sent).as_tuple().digits) <= 38
+    big = "12" + "0" * 100
+    assert items.dynamo_number(big) == "1.2E+101" and Decimal("1.2E+101") == Decimal(big)
+    assert items.dynamo_number("1" + "0" * 125) == "1E+125"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("1." + "1" * 38, "39 significant digits"),
+    ("1" + "0" * 126, "outside DynamoDB's number range"),
+    ("0." + "0" * 130 + "1", "outside DynamoDB's number range"),
+])
+def test_numbers_dynamodb_cannot_hold_are_refused(text, words):
+    with pytest.raises(ValueError, match=words):
+        items.dynamo_number(text)
+
+
+def test_an_event_dynamodb_cannot_hold_is_dead_lettered_naming_the_field():
+    raw = orjson.dumps({**EVENT, "q": "1." + "2" * 40})
+    checked = check_message(raw, stage="dynamo-sink", topic="t", partition=0, offset=5, reject=items.item_problem)
+    assert checked.event is None
+    assert checked.dead_letter["reason"].startswith("field 'q' (total traded quote asset volume) '1.222")
+    assert "41 significant digits" in checked.dead_letter["reason"]
+    assert items.item_problem(EVENT) is None
+    assert check_message(orjson.dumps(EVENT), stage="s", topic="t", partition=0, offset=0,
+                         reject=items.item_problem).event == EVENT
+
+
+def test_duplicate_keys_collapse_to_the_last_occurrence():
+    first = items.to_item(EVENT, 1)
+    other = items.to_item({**EVENT, "E": EVENT["E"] + 1}, 1)
+    last = items.to_item({**EVENT, "c": "0.00260000"}, 1)
+    assert items.last_per_key([first, other, last]) == [other, last]
+
+
+def test_put_batches_hold_at_most_25_distinct_keys():
+    rows = [items.to_item({**EVENT, "E": EVENT["E"] + i % 60}, 1) for i in range(120)]  # each key twice
+    batches = items.put_batches(rows)
+    assert [len(b) for b in batches] == [25, 25, 10]
+    keys = [items.item_key(r["PutRequest"]["Item"]) for b in batches for r in b]
+    assert len(keys) == len(set(keys)) == 60
+    assert items.put_batches([]) == []
+
+
+def test_backoff_is_exponential_capped_and_fully_jittered():
+    ceilings = [items.backoff_ceiling(n, base=0.05, cap=2.0) for n in range(8)]
+    assert ceilings == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    assert items.backoff_ceiling(10_000, base=1, cap=30) == 30
+    assert items.backoff_delay(3, base=0.05, cap=2.0, jitter=0.0) == 0.0
+    assert items.backoff_delay(3, base=0.05, cap=2.0, jitter=0.5) == pytest.approx(0.2)
+
+
+def _described(keys, types, status="ACTIVE"):
+    return {"TableStatus": status,
+            "KeySchema": [{"AttributeName": n, "KeyType": r} for n, r in keys],
+            "AttributeDefinitions": [{"AttributeName": n, "AttributeType": t} for n, t in types.items()]}
+
+
+def test_table_problems_name_what_differs_from_the_contract():
+    assert items.table_problems(None) == ["does not exist"]
+    good = _described([("symbol", "HASH"), ("event_time", "RANGE")], {"symbol": "S", "event_time": "N"})
+    assert items.table_problems(good) == []
+    assert items.table_problems(_described([("id", "HASH")], {"id": "S"})) == [
+        "partition key is 'id' (S), expected 'symbol' (S)",
+        "has no sort key, expected 'event_time' (N)",
+    ]
+    assert items.table_problems(
+        _described([("symbol", "HASH"), ("event_time", "RANGE")], {"symbol": "S", "event_time": "S"})
+    ) == ["sort key is 'event_time' (S), expected 'event_time' (N)"]
+    assert items.table_problems(
+        _described([("event_time", "HASH"), ("symbol", "RANGE")], {"symbol": "S", "event_time": "N"})
+    ) == ["partition key is 'event_time' (N), expected 'symbol' (S)",
+          "sort key is 'symbol' (S), expected 'event_time' (N)"]
+    assert items.table_problems({**good, "TableStatus": "DELETING"}) == ["is DELETING"]
+
+
+def test_create_request_matches_the_contract_it_is_checked_against():
+    request = items.create_table_request("t1")
+    assert request["BillingMode"] == "PAY_PER_REQUEST"
+    assert items.table_problems({**request, "TableStatus": "ACTIVE"}) == []
+
+
+def test_ttl_problem_only_when_rows_would_not_expire():
+    assert items.ttl_problem({"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}) is None
+    assert "disabled" in items.ttl_problem({"TimeToLiveStatus": "DISABLED"})
+    assert "'expires_at'" in items.ttl_problem({"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"})
