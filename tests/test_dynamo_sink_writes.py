@@ -1,0 +1,149 @@
+"""DynamoTableSink.write against a stand-in for DynamoDB's BatchWriteItem (no network).
+
+The stand-in behaves like DynamoDB where it matters here: it rejects a request naming
+the same key twice, holds at most 25 requests, and can leave items unprocessed or fail
+the way a throttled or unreachable service does.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import botocore.exceptions
+import pytest
+from quixstreams.sinks import SinkBackpressureError, SinkBatch
+
+from processors.dynamo_items import item_key, to_item
+from processors.dynamo_sink import DynamoTableSink, DynamoWriteError
+
+TABLE = "tickers"
+
+
+def event(symbol: str, n: int, close: str = "1.00000000") -> dict:
+    return {"e": "24hrMiniTicker", "E": 1700000000000 + n, "s": symbol, "c": close, "o": "0.00000001",
+            "h": "123456789.12345678", "l": "0.5", "v": "10", "q": "20"}
+
+
+def batch_of(events: list[dict]) -> SinkBatch:
+    batch = SinkBatch(topic="miniticker", partition=0)
+    for offset, fields in enumerate(events):
+        batch.append(value=fields, key=fields["s"].encode(), timestamp=fields["E"], headers=[], offset=offset)
+    return batch
+
+
+def client_error(code: str, status: int = 400) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": f"{code} happened"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "BatchWriteItem",
+    )
+
+
+class FakeDynamo:
+    """BatchWriteItem for one table. ``script`` says, call by call, how many of the
+    requests to leave unprocessed (an int) or which exception to raise; afterwards
+    every call succeeds."""
+
+    def __init__(self, script=()):
+        self.meta = SimpleNamespace(region_name="ap-southeast-1")
+        self.rows: dict[tuple[str, str], dict] = {}
+        self.calls: list[int] = []
+        self._script = list(script)
+
+    def batch_write_item(self, RequestItems):
+        ((table, requests),) = RequestItems.items()
+        assert table == TABLE
+        self.calls.append(len(requests))
+        if len(requests) > 25:
+            raise client_error("ValidationException")
+        keys = [item_key(r["PutRequest"]["Item"]) for r in requests]
+        if len(set(keys)) != len(keys):
+            raise client_error("ValidationException")  # "Provided list of item keys contains duplicates"
+        step = self._script.pop(0) if self._script else 0
+        if isinstance(step, Exception):
+            raise step
+        unprocessed, accepted = requests[:step], requests[step:]
+        for request in accepted:
+            item = request["PutRequest"]["Item"]
+            self.rows[item_key(item)] = item
+        return {"UnprocessedItems": {table: unprocessed} if unprocessed else {}}
+
+
+def make_sink(client: FakeDynamo, sleeps: list[float], **options) -> DynamoTableSink:
+    return DynamoTableSink(client, TABLE, ttl_days=1, sleep=sleeps.append, jitter=lambda: 1.0, **options)
+
+
+def test_unprocessed_items_are_retried_with_backoff_until_all_are_written():
+    client = FakeDynamo(script=[10, 4, 1])  # the first chunk comes back partly unprocessed three times
+    sleeps: list[float] = []
+    sink = make_sink(client, sleeps, retry_base=0.05, retry_cap=2.0)
+    events = [event("BTCUSDT", n) for n in range(40)]
+
+    sink.write(batch_of(events))
+
+    assert set(client.rows) == {item_key(to_item(e, 1)) for e in events}
+    assert client.calls == [25, 10, 4, 1, 15]  # retries resend only what was left over
+    assert sleeps == [0.05, 0.1, 0.2]  # jitter pinned at its maximum shows the exponential ceiling
+    assert sink.rows_written == 40
+
+
+def test_full_jitter_spreads_retries_below_the_ceiling():
+    client = FakeDynamo(script=[5, 5])
+    sleeps: list[float] = []
+    jitters = iter([0.5, 0.25])
+    sink = DynamoTableSink(client, TABLE, ttl_days=1, sleep=sleeps.append, jitter=lambda: next(jitters),
+                           retry_base=0.1, retry_cap=2.0)
+    sink.write(batch_of([event("ETHUSDT", n) for n in range(5)]))
+    assert sleeps == [0.05, 0.05]  # 0.5 × 0.1, then 0.25 × 0.2
+    assert len(client.rows) == 5
+
+
+def test_items_still_unprocessed_become_backpressure_that_grows_and_resets():
+    never_through = [3] * 6  # one call and five retries, each leaving all three items unprocessed
+    client = FakeDynamo(script=never_through * 2 + [0] + never_through)
+    sleeps: list[float] = []
+    sink = make_sink(client, sleeps, unprocessed_retries=5, backpressure_base=1.0, backpressure_cap=30.0)
+    batch = batch_of([event("BTCUSDT", n) for n in range(3)])
+    pauses = []
+    for _ in range(2):
+        with pytest.raises(SinkBackpressureError) as pause:
+            sink.write(batch)
+        pauses.append(pause.value.retry_after)
+    assert len(sleeps) == 10 and client.rows == {}
+    sink.write(batch)  # DynamoDB caught up: the replayed batch goes through
+    assert len(client.rows) == 3
+    with pytest.raises(SinkBackpressureError) as after_success:
+        sink.write(batch)
+    assert pauses + [after_success.value.retry_after] == [1.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize("failure", [
+    client_error("ProvisionedThroughputExceededException"),
+    client_error("ThrottlingException"),
+    client_error("InternalServerError", status=500),
+    client_error("SomethingNew", status=503),
+    botocore.exceptions.EndpointConnectionError(endpoint_url="https://dynamodb.ap-southeast-1.amazonaws.com"),
+    botocore.exceptions.ReadTimeoutError(endpoint_url="https://dynamodb.ap-southeast-1.amazonaws.com"),
+])
+def test_throttling_and_outages_after_boto3_retries_become_backpressure(failure):
+    client = FakeDynamo(script=[failure])
+    sink = make_sink(client, [])
+    with pytest.raises(SinkBackpressureError):
+        sink.write(batch_of([event("BTCUSDT", 1)]))
+    assert client.rows == {}
+
+
+@pytest.mark.parametrize("code", ["ResourceNotFoundException", "AccessDeniedException", "ValidationException"])
+def test_errors_waiting_cannot_fix_stop_the_sink_naming_the_table(code):
+    sink = make_sink(FakeDynamo(script=[client_error(code)]), [])
+    with pytest.raises(DynamoWriteError, match=f"DynamoDB table 'tickers' .*BatchWriteItem failed: {code}"):
+        sink.write(batch_of([event("BTCUSDT", 1)]))
+
+
+def test_duplicate_keys_in_one_batch_are_written_once_with_the_last_values():
+    client = FakeDynamo()
+    sink = make_sink(client, [])
+    events = [event("BTCUSDT", 1, close="1.0"), event("BTCUSDT", 2), event("BTCUSDT", 1, close="1.0"),
+              event("BTCUSDT", 1, close="2.5")]
+    sink.write(batch_of(events))
+    assert client.calls == [2]
+    assert client.rows[("BTCUSDT", "1700000000001")]["close"] == {"N": "2.5"}
