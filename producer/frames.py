@@ -1,0 +1,89 @@
+"""What one websocket frame from Binance holds. Pure; no I/O.
+
+A market-stream frame is one of:
+
+* a raw payload: an event object ``{"e": "24hrMiniTicker", ...}`` or an array of them
+  (``!miniTicker@arr``);
+* a combined-stream payload ``{"stream": "<name>", "data": <raw payload>}``;
+* an answer to a control message: ``{"result": ..., "id": ...}`` or
+  ``{"error": {"code": ..., "msg": ...}, "id": ...}``;
+* ``{"e": "serverShutdown", "E": ...}``: the server is about to close; reconnect now;
+* anything else, including text that is not JSON.
+
+:func:`parse_frame` sorts a frame's items into valid events (published), rejected
+items (dead-lettered with the reason and their bytes), control answers (counted,
+errors logged) and the serverShutdown signal. It never raises on bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from crypto_live.event import Invalid, MiniTicker, validate
+
+SERVER_SHUTDOWN = "serverShutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An item that is not a valid event: ``raw`` is what goes to the dead-letter topic.
+
+    When the item is the whole frame, ``raw`` is the frame's bytes exactly as received;
+    an item taken out of an array is its JSON re-encoded compactly (field order and
+    string values kept), and ``reason`` says which item of how many it was.
+    """
+
+    reason: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Everything one frame carried, sorted by what the producer does with it."""
+
+    events: list[MiniTicker] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    not_json: bool = False
+    server_shutdown: bool = False
+
+
+def parse_frame(raw: bytes | str) -> Frame:
+    """Parse one websocket text (or binary) frame; see the module docstring."""
+    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return Frame(rejected=[Rejected(f"not JSON: {exc}", data)], not_json=True)
+    if is_answer(payload):
+        return Frame(answers=[payload])
+    stream = None
+    if isinstance(payload, dict) and "stream" in payload and "data" in payload:
+        stream, payload = payload["stream"], payload["data"]
+    where = f" (stream {stream!r})" if isinstance(stream, str) else ""
+    if isinstance(payload, list):
+        count = len(payload)
+        items = [(item, None, f"item {i} of {count}{where}: ") for i, item in enumerate(payload, start=1)]
+    else:
+        items = [(payload, data, f"{where.strip()}: " if where else "")]
+    events: list[MiniTicker] = []
+    rejected: list[Rejected] = []
+    shutdown = False
+    for item, item_raw, prefix in items:
+        if isinstance(item, dict) and item.get("e") == SERVER_SHUTDOWN:
+            shutdown = True
+            continue
+        result = validate(item)
+        if isinstance(result, Invalid):
+            rejected.append(Rejected(prefix + result.reason, item_raw if item_raw is not None else orjson.dumps(item)))
+        else:
+            events.append(result)
+    return Frame(events=events, rejected=rejected, server_shutdown=shutdown)
+
+
+def is_answer(obj: object) -> bool:
+    """Whether ``obj`` is a reply to a SUBSCRIBE/UNSUBSCRIBE/... control message."""
+    return isinstance(obj, dict) and "id" in obj and ("result" in obj or "error" in obj) and "e" not in obj

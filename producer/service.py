@@ -1,0 +1,318 @@
+"""`crypto-live producer`: Binance miniTicker websocket -> KAFKA_TOPIC, losing nothing read.
+
+One asyncio event loop runs everything:
+
+* one reader per :class:`~producer.source.ConnectionPlan`, reconnecting forever with
+  :class:`~producer.backoff.Backoff` under a shared
+  :class:`~producer.backoff.ConnectionBudget`; websockets answers the server's pings
+  and sends its own (keepalive is its job), but liveness is judged only by data: no
+  event for PRODUCER_STALE_AFTER seconds drops the connection;
+* a connection is also left on ``serverShutdown`` (reconnect at once) and after
+  PRODUCER_MAX_CONNECTION_AGE seconds (before Binance's 24 h cut). Leaving is always a
+  close handshake during which the frames already on their way are still read, so
+  whatever the server sent before its close frame is published;
+* the :class:`~producer.publisher.Publisher` (delivery reports via ``poll(0)`` from a
+  task: the loop never blocks on Kafka, so pongs always leave in time) and the
+  :class:`~producer.topics.TopicKeeper` (topics created in the background: a broker
+  that is down at start-up does not stop reading);
+* a stats line every PRODUCER_STATS_INTERVAL seconds.
+
+SIGINT/SIGTERM: stop reading (close handshakes, frames in transit still read), flush
+for what is left of PRODUCER_SHUTDOWN_TIMEOUT, exit 0 — or exit 1 saying how many
+messages were not delivered. Logs name the websocket by host (and stream count) only:
+the URL path and query may carry credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from crypto_live.cli import CommandError
+from crypto_live.settings import ProducerSettings
+
+from .backoff import Backoff, ConnectionBudget
+from .frames import Frame, parse_frame
+from .publisher import Publisher
+from .source import CONTROL_MESSAGES_PER_SECOND, ConnectionPlan, plan_connections, resolve_url
+from .stats import Stats, stats_line
+from .topics import TopicKeeper
+
+log = logging.getLogger("producer")
+
+OPEN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 3.0  # the close handshake, during which frames in transit are still read
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 20.0
+MAX_FRAME_BYTES = 16 * 2**20  # the all-market array is a few hundred kB
+INVALID_WARNINGS = 5  # invalid items logged at WARNING before switching to DEBUG
+
+# websockets logs request lines and frames at DEBUG; those carry the URL's path.
+_WEBSOCKET_LOG = logging.getLogger("producer.websocket")
+_WEBSOCKET_LOG.setLevel(logging.INFO)
+
+
+def run(settings: ProducerSettings) -> int:
+    """Entry point of `crypto-live producer`; returns the exit status."""
+    plans = plan_connections(resolve_url(settings), settings.symbols)
+    return asyncio.run(ProducerService(settings, plans).main())
+
+
+@dataclass(frozen=True)
+class Leaving:
+    """Why a connection ended, and whether to reconnect at once rather than back off."""
+
+    why: str
+    immediate: bool = False
+
+
+class ProducerService:
+    """The running producer. :meth:`main` runs until :meth:`request_stop` (or a signal)."""
+
+    def __init__(
+        self, settings: ProducerSettings, plans: list[ConnectionPlan], *, budget: ConnectionBudget | None = None
+    ):
+        self.settings = settings
+        self.plans = plans
+        self.stats = Stats()
+        self.budget = budget or ConnectionBudget()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._readers: list[Reader] = []
+        self._invalid_logged = 0
+        self._deadline = 0.0
+        self.publisher: Publisher | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Stop reading, flush and return from :meth:`main`; callable from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._begin_stop)
+
+    def _begin_stop(self) -> None:
+        if self._stop is None or self._stop.is_set():
+            return
+        log.info("stopping: closing %d connection(s), then flushing", len(self._readers))
+        self._stop.set()
+        for reader in self._readers:
+            reader.close()
+
+    async def main(self, *, install_signal_handlers: bool = True) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._begin_stop)
+        keeper = TopicKeeper(self.settings.kafka, self._topics_recreated)
+        self.publisher = Publisher(self.settings.kafka, self.stats, on_brokers_down=keeper.check_soon)
+        self._readers = [Reader(plan, self) for plan in self.plans]
+        log.info(
+            "producer starting: %s -> topic %s (dead letters: %s) at %s",
+            ", ".join(plan.label for plan in self.plans), self.settings.kafka.topic,
+            self.settings.kafka.dlq_topic, self.settings.kafka.bootstrap_servers,
+        )
+        background = [
+            asyncio.create_task(keeper.run(), name="topic-keeper"),
+            asyncio.create_task(self.publisher.serve(), name="delivery-reports"),
+            asyncio.create_task(self._report(), name="stats"),
+        ]
+        readers = [asyncio.create_task(r.run(), name=f"reader-{i}") for i, r in enumerate(self._readers)]
+        crashed = await self._wait_for_stop(background + readers)
+        try:
+            await self._stop_readers(readers)
+            for task in background[1:]:  # the keeper stays: a broker back empty mid-flush needs it
+                task.cancel()
+            left = await self.publisher.flush(max(0.0, self._deadline - self._loop.time()))
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        log.info("final stats: %s", stats_line(Stats(), self.stats, 0.0, left))
+        undelivered = left + self.stats.delivery_failures
+        if undelivered:
+            raise CommandError(
+                f"{undelivered} messages were not delivered to Kafka at {self.settings.kafka.bootstrap_servers} "
+                f"(PRODUCER_SHUTDOWN_TIMEOUT={self.settings.shutdown_timeout:g} s)"
+            )
+        if crashed:
+            raise CommandError(f"stopped after an internal error: {crashed}")
+        log.info("stopped: every message read was delivered")
+        return 0
+
+    async def _wait_for_stop(self, tasks: list[asyncio.Task]) -> str | None:
+        """Wait for a stop request; a task that ends by itself is a bug: stop then too."""
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        crashed = None
+        for task in done - {stop}:
+            crashed = f"{task.get_name()}: {task.exception() or 'ended'}"
+            log.error("%s; stopping", crashed, exc_info=task.exception())
+        self._begin_stop()
+        self._deadline = self._loop.time() + self.settings.shutdown_timeout
+        stop.cancel()
+        return crashed
+
+    async def _stop_readers(self, readers: list[asyncio.Task]) -> None:
+        budget = min(CLOSE_TIMEOUT + 1.0, self.settings.shutdown_timeout / 2)
+        _, pending = await asyncio.wait(readers, timeout=budget) if readers else (set(), set())
+        for task in pending:  # e.g. waiting on a full local queue
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _topics_recreated(self, created: list[str]) -> None:
+        # The broker lost its state: it does not know librdkafka's producer id either.
+        await self.publisher.rebuild(f"topics {', '.join(created)} had to be created again")
+
+    async def handle(self, raw: bytes) -> Frame:
+        """Publish one frame's events and dead-letter its invalid items."""
+        frame = parse_frame(raw)
+        stats = self.stats
+        stats.events += len(frame.events)
+        for event in frame.events:
+            await self.publisher.publish(event)
+        if frame.not_json:
+            stats.not_json += 1
+        for item in frame.rejected:
+            stats.invalid += 1
+            self._log_invalid(item.reason)
+            await self.publisher.dead_letter(item.reason, item.raw)
+        for answer in frame.answers:
+            stats.answers += 1
+            if answer.get("error") is not None:
+                log.warning("control message %s refused: %s", answer.get("id"), answer["error"])
+        return frame
+
+    def _log_invalid(self, reason: str) -> None:
+        self._invalid_logged += 1
+        level = logging.WARNING if self._invalid_logged <= INVALID_WARNINGS else logging.DEBUG
+        suffix = " (further ones are logged at DEBUG)" if self._invalid_logged == INVALID_WARNINGS else ""
+        log.log(level, "invalid item sent to the dead-letter topic: %s%s", reason, suffix)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless stopping; True when a stop was requested meanwhile."""
+        if seconds > 0 and not self.stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._stop.wait()
+        return self.stopping
+
+    async def _report(self) -> None:
+        previous, since = self.stats.snapshot(), self._loop.time()
+        while True:
+            await asyncio.sleep(self.settings.stats_interval)
+            current, now = self.stats.snapshot(), self._loop.time()
+            log.info("stats: %s", stats_line(previous, current, now - since, self.publisher.in_flight))
+            previous, since = current, now
+
+
+class Reader:
+    """Reads one planned connection, forever: connect, read, leave, back off, repeat."""
+
+    def __init__(self, plan: ConnectionPlan, service: ProducerService):
+        self.plan = plan
+        self.service = service
+        self.settings = service.settings
+        self.backoff = Backoff(cap=service.settings.reconnect_max_delay)
+        self._ws: ClientConnection | None = None
+        self._closing: asyncio.Task | None = None
+
+    def close(self) -> None:
+        """Start the close handshake of the current connection, if any."""
+        if self._ws is not None and self._closing is None:
+            self._closing = asyncio.create_task(self._ws.close())
+
+    async def run(self) -> None:
+        service, loop = self.service, asyncio.get_running_loop()
+        while not service.stopping:
+            wait = service.budget.wait_time(loop.time())
+            if wait > 0:
+                log.warning("%d connection attempts in %.0f s: waiting %.0f s to stay under Binance's limit",
+                            service.budget.used(loop.time()), service.budget.window, wait)
+                if await service.sleep(wait):
+                    break
+            service.budget.record(loop.time())
+            leaving = await self._connect_and_read()
+            if service.stopping:
+                break
+            service.stats.reconnects += 1
+            delay = 0.0 if leaving.immediate else self.backoff.next_delay()
+            log.warning("%s: %s; reconnecting in %.1f s", self.plan.label, leaving.why, delay)
+            if await service.sleep(delay):
+                break
+
+    async def _connect_and_read(self) -> Leaving:
+        try:
+            async with connect(
+                self.plan.url, open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT,
+                ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, max_size=MAX_FRAME_BYTES,
+                logger=_WEBSOCKET_LOG,
+            ) as ws:
+                self._ws, self._closing = ws, None
+                self.service.stats.connections += 1
+                log.info("connected to %s", self.plan.label)
+                subscribing = asyncio.create_task(self._subscribe(ws)) if self.plan.subscribe else None
+                try:
+                    return await self._read(ws)
+                finally:
+                    self._ws = None
+                    if subscribing is not None:
+                        subscribing.cancel()
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            return Leaving(self._redact(f"{type(exc).__name__}: {exc}"))
+
+    async def _subscribe(self, ws: ClientConnection) -> None:
+        """Send the SUBSCRIBE frames, paced under Binance's control-message limit."""
+        for frame in self.plan.subscribe:
+            await ws.send(frame, text=True)
+            await asyncio.sleep(1.0 / CONTROL_MESSAGES_PER_SECOND)
+
+    async def _read(self, ws: ClientConnection) -> Leaving:
+        loop, stats, settings = asyncio.get_running_loop(), self.service.stats, self.settings
+        opened = last_data = loop.time()
+        leaving: Leaving | None = None
+        while True:
+            if leaving is None and self.service.stopping:
+                leaving = Leaving("stopping")
+                self.close()
+            timeout = None
+            if leaving is None:
+                timeout = min(last_data + settings.stale_after, opened + settings.max_connection_age) - loop.time()
+            try:
+                async with asyncio.timeout(timeout):
+                    raw = await ws.recv(decode=False)
+            except TimeoutError:
+                if loop.time() - opened >= settings.max_connection_age:
+                    leaving = Leaving(f"connection is {settings.max_connection_age:g} s old", immediate=True)
+                else:
+                    stats.stale += 1
+                    leaving = Leaving(f"no data for {settings.stale_after:g} s (stale stream)")
+                self.close()
+                continue
+            except ConnectionClosed as exc:
+                return leaving or Leaving(f"connection closed: {exc}")
+            frame = await self.service.handle(raw)
+            if frame.events:
+                last_data = loop.time()
+                self.backoff.reset()
+            if frame.server_shutdown and leaving is None:
+                stats.server_shutdowns += 1
+                leaving = Leaving("serverShutdown received", immediate=True)
+                self.close()
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the URL's path or query (exception messages may quote them)."""
+        parts = urlsplit(self.plan.url)
+        for secret in (self.plan.url, parts.query, parts.path):
+            if len(secret) > 1:
+                text = text.replace(secret, "…")
+        return text
