@@ -94,6 +94,10 @@ def build_application(
         auto_offset_reset="earliest",
         commit_every=plan.commit_every,
         commit_interval=plan.commit_interval,
+        # Expiry is checked once per poll-loop turn and an idle turn lasts one poll
+        # timeout (Quix's default: 1 s); a tenth of the interval keeps a time flush
+        # on a quiet stream late by at most that.
+        consumer_poll_timeout=min(1.0, max(0.05, plan.commit_interval / 10)),
         processing_guarantee="at-least-once",
         auto_create_topics=False,
         use_changelog_topics=False,

@@ -1,0 +1,216 @@
+"""`crypto-live s3-sink`: cut KAFKA_TOPIC into JSONL objects in S3_BUCKET.
+
+Batching is Quix's checkpoint (see :mod:`processors.stream`) with
+``commit_every = MAX_BATCH_SIZE`` and ``commit_interval = MAX_BATCH_TIMEOUT``: a
+checkpoint closes when MAX_BATCH_SIZE messages were processed or MAX_BATCH_TIMEOUT
+wall-clock seconds passed since it opened — checked on every turn of the poll loop, so a
+quiet stream is flushed too and the last events never wait for new ones. Closing it
+hands :class:`S3JsonlSink` one batch per topic-partition; each becomes one object per
+event hour (:mod:`processors.s3_objects`), and only then are the offsets committed.
+
+One consumer's checkpoint counts messages across ALL its assigned partitions, so a
+partition's batch holds at most MAX_BATCH_SIZE events and is written no later than when
+MAX_BATCH_SIZE of its events wait; a consumer with several busy partitions writes
+smaller objects, earlier. The alternatives fail the contract:
+
+- Quix time windows close only when a newer message arrives: on a quiet stream the last
+  events would wait for the next one (no wall-clock guarantee).
+- Quix count windows count per message key (per symbol), not per partition.
+- A larger checkpoint chunked into MAX_BATCH_SIZE-row objects: chunk names would depend
+  on where the checkpoint was cut, so a replay after a crash, cut elsewhere, would leave
+  the old chunks next to the new ones (duplicates; see :mod:`processors.s3_objects`).
+
+Failures: any S3 error left after boto3's own retries (outage, throttling, a bucket
+deleted or access revoked meanwhile) raises ``SinkBackpressureError`` with a growing
+delay. Quix pauses, seeks back to the committed offsets and replays the batch later; as
+object names depend only on topic, partition and first offset, the rewrite overwrites
+whatever part was written. The process keeps running through outages of any length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import botocore.exceptions
+from quixstreams import Application
+from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
+
+from crypto_live import aws
+from crypto_live.cli import CommandError
+from crypto_live.kafka import TopicSetupError
+from crypto_live.settings import S3SinkSettings
+from processors.s3_objects import batch_objects
+from processors.stream import StreamPlan, build_application
+
+log = logging.getLogger(__name__)
+
+STAGE = "s3-sink"
+
+# Bounded time per put: 3 attempts x (2 s connect + 10 s read) + boto3's backoff (< 3 s)
+# is under 40 s. With WRITE_BUDGET, one write() ends within ~55 s — inside the 60 s
+# Quix gives a sink flush when a rebalance revokes partitions (0.2 x max.poll.interval.ms),
+# so a revoked owner never writes after the new owner has started replaying.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 2,
+    "read_timeout": 10,
+    "retries": {"mode": "standard", "max_attempts": 3},
+}
+#: Seconds after which write() stops starting new puts and asks for a replay instead.
+WRITE_BUDGET = 15.0
+#: Backpressure delays double from BACKOFF_BASE up to BACKOFF_CAP seconds: an outage
+#: costs at most BACKOFF_CAP seconds beyond its end, however long it lasted.
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+
+_MISSING = frozenset({"404", "NoSuchBucket", "NotFound"})
+_DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
+
+
+class BucketSetupError(Exception):
+    """The bucket cannot be used; ``str()`` is one line naming it."""
+
+
+def backpressure_delay(streak: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to pause after ``streak`` failed writes in a row (counting from 0)."""
+    return min(cap, base * 2 ** min(streak, 62))
+
+
+class S3JsonlSink(BatchingSink):
+    """Puts each partition's batch as JSONL objects; see the module docstring for failures.
+
+    ``objects_written`` / ``rows_written`` count successful puts (a replay counts again);
+    ``backpressures`` counts the pauses asked for.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        *,
+        compression: str = "none",
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+        write_budget: float = WRITE_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        super().__init__(on_client_connect_success=lambda: None)
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.compression = compression
+        self.objects_written = 0
+        self.rows_written = 0
+        self.backpressures = 0
+        self._backoff = {"base": backoff_base, "cap": backoff_cap}
+        self._write_budget = write_budget
+        self._clock = clock
+        self._streak = 0
+        self._checked = False
+
+    def __repr__(self) -> str:
+        return f"<S3JsonlSink s3://{self.bucket}/{self.prefix}>"
+
+    def _where(self) -> str:
+        return f"(region {self.client.meta.region_name}, endpoint {self.client.meta.endpoint_url})"
+
+    def setup(self) -> None:
+        """Check that the bucket exists and is ours to use; raise BucketSetupError naming it.
+
+        Runs once: ``run`` calls it before connecting to Kafka, Quix again on start.
+        """
+        if self._checked:
+            return
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            raise BucketSetupError(self._setup_problem(exc)) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise BucketSetupError(f"cannot check S3 bucket {self.bucket!r} {self._where()}: {exc}") from None
+        self._checked = True
+        log.info("writing to s3://%s/%s %s", self.bucket, self.prefix, self._where())
+
+    def _setup_problem(self, exc: botocore.exceptions.ClientError) -> str:
+        code = _error_code(exc)
+        if code in _MISSING:
+            return (f"S3 bucket {self.bucket!r} does not exist {self._where()}: create it with the "
+                    "infrastructure code (or `crypto-live provision --aws` for a local stack)")
+        if code in _DENIED:
+            keys = f"{self.prefix}/*" if self.prefix else "*"
+            return (f"access to S3 bucket {self.bucket!r} is denied {self._where()}: the sink needs "
+                    f"s3:ListBucket on the bucket and s3:PutObject on {keys}")
+        if code in {"301", "PermanentRedirect"}:
+            actual = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region", "?")
+            return f"S3 bucket {self.bucket!r} is in region {actual}, not REGION={self.client.meta.region_name}"
+        return f"S3 bucket {self.bucket!r} {self._where()}: HeadBucket failed: {_error_text(exc)}"
+
+    def write(self, batch: SinkBatch) -> None:
+        """Put the batch's objects, or raise SinkBackpressureError so Quix replays the batch."""
+        objects = batch_objects(
+            ((item.offset, item.value) for item in batch),
+            prefix=self.prefix, topic=batch.topic, partition=batch.partition, compression=self.compression,
+        )
+        started = self._clock()
+        for obj in objects:
+            if self._clock() - started > self._write_budget:
+                raise self._pause(f"writing took over {self._write_budget:.0f} s", obj.key)
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=obj.key, Body=obj.body, ContentType=obj.content_type)
+            except botocore.exceptions.ClientError as exc:
+                raise self._pause(_error_text(exc), obj.key) from None
+            except botocore.exceptions.BotoCoreError as exc:
+                raise self._pause(str(exc), obj.key) from None
+            self.objects_written += 1
+            self.rows_written += obj.rows
+            log.info("wrote s3://%s/%s (%d rows)", self.bucket, obj.key, obj.rows)
+        self._streak = 0
+
+    def _pause(self, why: str, key: str) -> SinkBackpressureError:
+        retry_after = backpressure_delay(self._streak, **self._backoff)
+        self._streak += 1
+        self.backpressures += 1
+        log.warning("S3 bucket %s did not take %s (%s): pausing %.1f s, then replaying from the last committed "
+                    "offset", self.bucket, key, why, retry_after)
+        return SinkBackpressureError(retry_after=retry_after)
+
+
+def _error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _error_text(exc: botocore.exceptions.ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
+    return S3JsonlSink(aws.client(settings.aws, "s3", **CLIENT_OPTIONS), settings.bucket, settings.prefix,
+                       compression=settings.compression, **options)
+
+
+def application(settings: S3SinkSettings, sink: S3JsonlSink, **options: Any) -> Application:
+    """The sink's Quix application: checkpoints of MAX_BATCH_SIZE messages or MAX_BATCH_TIMEOUT seconds."""
+    plan = StreamPlan(STAGE, settings.consumer_group, settings.max_batch_size, settings.max_batch_timeout)
+    return build_application(settings.kafka, plan, sink, **options)
+
+
+def run(settings: S3SinkSettings) -> int:
+    """Check the bucket, then consume until SIGTERM/SIGINT (which writes, commits and returns 0)."""
+    sink = jsonl_sink(settings)
+    try:
+        sink.setup()  # before Kafka: a wrong bucket is reported at once, alone
+        app = application(settings, sink)
+        log.info("consuming %s as group %s into s3://%s/%s (objects of up to %d events or %.1f s, compression %s)",
+                 settings.kafka.topic, settings.consumer_group, settings.bucket, settings.prefix,
+                 settings.max_batch_size, settings.max_batch_timeout, settings.compression)
+        app.run()
+    except (BucketSetupError, TopicSetupError) as exc:
+        raise CommandError(str(exc)) from None
+    log.info("stopped: %d objects, %d rows written", sink.objects_written, sink.rows_written)
+    return 0

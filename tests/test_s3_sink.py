@@ -1,0 +1,409 @@
+"""The S3 sink in this process against the test broker and moto: batching, hours, DLQ, gzip, outages.
+
+Quix installs signal handlers, so ``app.run()`` runs in the main thread and a watchdog
+thread drives each scenario and stops the app when it is done.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import orjson
+import pytest
+from botocore.stub import Stubber
+from confluent_kafka import Producer
+from quixstreams.sinks import SinkBackpressureError, SinkBatch
+
+from crypto_live.embedded import free_port
+from crypto_live.kafka import ensure_topics
+from crypto_live.settings import KafkaSettings, S3SinkSettings, load
+from processors.s3_objects import GZIP_CONTENT_TYPE, JSONL_CONTENT_TYPE
+from processors.s3_sink import BucketSetupError, S3JsonlSink, application, backpressure_delay, jsonl_sink
+from tests.helpers import cli_env, read_topic, wait_for
+
+REGION = "ap-southeast-1"
+HOUR_MS = 3_600_000
+#: 2023-11-14T23:00:00Z
+NEXT_HOUR = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS + HOUR_MS
+# The installed command: `python -m crypto_live.cli` runs cli.py as __main__, whose
+# CommandError is not the class the services raise.
+CRYPTO_LIVE = str(Path(sys.executable).with_name("crypto-live"))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ticker(n: int, *, symbol: str = "BTCUSDT", event_time: int | None = None) -> dict:
+    """A valid miniTicker event; ``n`` makes (s, E) and the prices unique."""
+    return {"e": "24hrMiniTicker", "E": NEXT_HOUR - 600_000 + n * 100 if event_time is None else event_time,
+            "s": symbol, "c": f"{n}.00250000", "o": "0.00100000", "h": f"{n}.5", "l": "0.001", "v": f"{n}",
+            "q": "18.00000000"}
+
+
+def produce(kafka: KafkaSettings, values: list[dict | bytes], partition_of: Callable[[dict], int] | None = None):
+    """Publish like the producer does: key = symbol, timestamp = E (raw bytes: poison)."""
+    ensure_topics(kafka)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for value in values:
+        if isinstance(value, bytes):
+            producer.produce(kafka.topic, key=b"junk", value=value, partition=0)
+            continue
+        extra = {} if partition_of is None else {"partition": partition_of(value)}
+        producer.produce(kafka.topic, key=value["s"].encode(), value=orjson.dumps(value), timestamp=value["E"],
+                         **extra)
+    assert producer.flush(10) == 0
+
+
+def stored(s3, bucket: str) -> dict[str, list[dict]]:
+    """Every object in ``bucket``: key -> its rows (gzip bodies decompressed)."""
+    objects = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for entry in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+            if entry["Key"].endswith(".gz"):
+                body = gzip.decompress(body)
+            objects[entry["Key"]] = [orjson.loads(line) for line in body.splitlines()]
+    return objects
+
+
+def key_count(s3, bucket: str) -> int:
+    return sum(page.get("KeyCount", 0) for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket))
+
+
+def identities(rows) -> Counter:
+    """Multiset of (symbol, event time): an event stored twice counts 2."""
+    return Counter((row["s"], row["E"]) for row in rows)
+
+
+def all_rows(objects: dict[str, list[dict]]) -> list[dict]:
+    return [row for rows in objects.values() for row in rows]
+
+
+def first_offset(key: str) -> int:
+    return int(key.rsplit("-", 1)[1].split(".")[0])
+
+
+def create_bucket(s3, name: str) -> str:
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return name
+
+
+@pytest.fixture
+def s3(aws_endpoint):
+    return boto3.client("s3", region_name=REGION)
+
+
+@pytest.fixture
+def bucket(s3, unique):
+    return create_bucket(s3, f"s3-sink-{unique}")
+
+
+def sink_settings(kafka_env: dict, bucket: str, **env: str) -> S3SinkSettings:
+    return load(S3SinkSettings, {**kafka_env, "S3_BUCKET": bucket, "REGION": REGION, **env})
+
+
+def run_sink(settings: S3SinkSettings, scenario: Callable[[], None], sink: S3JsonlSink | None = None) -> S3JsonlSink:
+    """Run the sink's app here until ``scenario`` (run in a watchdog thread) returns or fails."""
+    sink = sink or jsonl_sink(settings)
+    app = application(settings, sink)
+    failure: list[BaseException] = []
+
+    def drive():
+        try:
+            scenario()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failure.append(exc)
+        finally:
+            app.stop()
+
+    watchdog = threading.Thread(target=drive, daemon=True)
+    watchdog.start()
+    app.run()
+    watchdog.join()
+    if failure:
+        raise failure[0]
+    return sink
+
+
+def until_rows(s3, bucket: str, count: int, timeout: float = 30) -> Callable[[], None]:
+    return lambda: wait_for(lambda: len(all_rows(stored(s3, bucket))) >= count, timeout, interval=0.1,
+                            what=f"{count} rows in s3://{bucket}")
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_full_objects_by_count_then_the_rest_by_time_from_the_earliest_offset(kafka_env, s3, bucket):
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="50", MAX_BATCH_TIMEOUT="3",
+                             KAFKA_TOPIC_PARTITIONS="1", S3_JSONL_DIR_PATH="raw/jsonl")
+    events = [ticker(n) for n in range(230)]
+    produce(settings.kafka, events)  # before the group exists: it has to start at the earliest offset
+
+    run_sink(settings, until_rows(s3, bucket, 230))
+
+    objects = stored(s3, bucket)
+    keys = sorted(objects)
+    assert [len(objects[key]) for key in keys] == [50, 50, 50, 50, 30]  # the last 30 by the timeout
+    assert [first_offset(key) for key in keys] == [0, 50, 100, 150, 200]
+    assert all(key.startswith(f"raw/jsonl/dt=2023-11-14/hour=22/{settings.kafka.topic}-00000-") for key in keys)
+    assert [row for key in keys for row in objects[key]] == events
+
+
+def test_a_quiet_stream_is_flushed_by_time_without_a_newer_message(kafka_env, s3, bucket):
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="1.5",
+                             KAFKA_TOPIC_PARTITIONS="1")
+    few = [ticker(n) for n in range(1, 8)]
+    waited: list[float] = []
+
+    def scenario():
+        produce(settings.kafka, [ticker(0)])
+        wait_for(lambda: key_count(s3, bucket) == 1, 30, what="the first event's object (the sink is running)")
+        # A checkpoint opened as that object was written: these arrive early in the next one.
+        started = time.monotonic()
+        produce(settings.kafka, few)
+        wait_for(lambda: key_count(s3, bucket) == 2, 10, interval=0.02, what="the quiet stream's object")
+        waited.append(time.monotonic() - started)
+
+    run_sink(settings, scenario)
+
+    objects = stored(s3, bucket)
+    second = sorted(objects)[1]
+    assert objects[second] == few and first_offset(second) == 1
+    assert waited[0] < 1.5 + 0.75, f"the object took {waited[0]:.2f} s to appear"
+
+
+def test_a_batch_across_an_hour_boundary_becomes_one_object_per_hour(kafka_env, s3, bucket):
+    # 12 events, one full batch: 7 before 23:00, 4 after, and a late 22:59 event after those.
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="12", MAX_BATCH_TIMEOUT="60",
+                             KAFKA_TOPIC_PARTITIONS="1", S3_JSONL_DIR_PATH="")
+    times = [NEXT_HOUR - 7 + n for n in range(7)] + [NEXT_HOUR + n for n in range(4)] + [NEXT_HOUR - 1_000]
+    events = [ticker(n, event_time=t) for n, t in enumerate(times)]
+    produce(settings.kafka, events)
+
+    run_sink(settings, until_rows(s3, bucket, 12))
+
+    topic = settings.kafka.topic
+    assert stored(s3, bucket) == {
+        f"dt=2023-11-14/hour=22/{topic}-00000-00000000000000000000.jsonl": events[:7] + events[11:],
+        f"dt=2023-11-14/hour=23/{topic}-00000-00000000000000000007.jsonl": events[7:11],
+    }
+
+
+# --------------------------------------------------------------------------- bad data, gzip
+
+
+def test_poison_goes_to_the_dlq_and_later_events_still_land(kafka_env, s3, bucket):
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="0.5",
+                             KAFKA_TOPIC_PARTITIONS="1")
+    before, after = [ticker(n) for n in range(10)], [ticker(n) for n in range(10, 15)]
+    poison = [b"{not json", orjson.dumps({**ticker(99), "c": 1.5}), orjson.dumps({**ticker(98), "e": "trade"})]
+    produce(settings.kafka, [*before, *poison])
+    dead: list = []
+
+    def scenario():
+        until_rows(s3, bucket, 10)()
+        dead.extend(read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic, expected=3))
+        produce(settings.kafka, after)  # the sink carries on after the poison
+        until_rows(s3, bucket, 15)()
+
+    run_sink(settings, scenario)
+
+    assert identities(all_rows(stored(s3, bucket))) == identities(before + after)
+    records = [orjson.loads(message.value()) for message in dead]
+    assert [r["source"] for r in records] == [
+        {"topic": settings.kafka.topic, "partition": 0, "offset": offset} for offset in (10, 11, 12)]
+    assert {r["stage"] for r in records} == {"s3-sink"}
+    assert records[0]["reason"].startswith("not JSON") and "expected '24hrMiniTicker'" in records[2]["reason"]
+    assert "field 'c' (close price) is a number 1.5" in records[1]["reason"]
+
+
+def test_gzip_on_request_writes_jsonl_gz_that_decompresses_to_the_lines(kafka_env, s3, bucket):
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="25", MAX_BATCH_TIMEOUT="1",
+                             KAFKA_TOPIC_PARTITIONS="1", S3_COMPRESSION="gzip")
+    events = [ticker(n) for n in range(40)]
+    produce(settings.kafka, events)
+
+    run_sink(settings, until_rows(s3, bucket, 40))
+
+    keys = sorted(stored(s3, bucket))
+    assert [k.rsplit("/", 1)[1].split("-", 2)[2] for k in keys] == [
+        "00000-00000000000000000000.jsonl.gz", "00000-00000000000000000025.jsonl.gz"]
+    first = s3.get_object(Bucket=bucket, Key=keys[0])
+    assert first["ContentType"] == GZIP_CONTENT_TYPE and "ContentEncoding" not in first
+    assert gzip.decompress(first["Body"].read()) == b"".join(orjson.dumps(e) + b"\n" for e in events[:25])
+    assert stored(s3, bucket)[keys[1]] == events[25:]
+
+
+def test_plain_objects_are_declared_ndjson(kafka_env, s3, bucket):
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="3", MAX_BATCH_TIMEOUT="60", KAFKA_TOPIC_PARTITIONS="1")
+    produce(settings.kafka, [ticker(n) for n in range(3)])
+    run_sink(settings, until_rows(s3, bucket, 3))
+    [key] = stored(s3, bucket)
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentType"] == JSONL_CONTENT_TYPE
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_a_missing_bucket_is_refused_in_one_line_naming_it(kafka_env, aws_env, unique):
+    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": f"no-such-bucket-{unique}"})
+    result = subprocess.run([CRYPTO_LIVE, "s3-sink"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"crypto-live s3-sink: S3 bucket 'no-such-bucket-{unique}' does not exist"), last
+
+
+def offline_s3():
+    return boto3.client("s3", region_name=REGION, endpoint_url="http://127.0.0.1:9",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def test_denied_access_is_refused_naming_the_bucket_and_the_permissions():
+    client = offline_s3()
+    with Stubber(client) as stub:
+        stub.add_client_error("head_bucket", service_error_code="403", service_message="Forbidden",
+                              http_status_code=403)
+        with pytest.raises(BucketSetupError) as raised:
+            S3JsonlSink(client, "their-bucket", "raw").setup()
+    assert str(raised.value).startswith("access to S3 bucket 'their-bucket' is denied (region ap-southeast-1")
+    assert "s3:PutObject on raw/*" in str(raised.value)
+
+
+# --------------------------------------------------------------------------- S3 failures
+
+
+def one_event_batch(n: int) -> SinkBatch:
+    batch = SinkBatch("ticks", 0)
+    batch.append(value=ticker(n), key=b"BTCUSDT", timestamp=0, headers=[], offset=n)
+    return batch
+
+
+def test_s3_errors_become_backpressure_that_grows_to_its_cap_and_resets():
+    client = offline_s3()
+    sink = S3JsonlSink(client, "b", "p", backoff_base=1.0, backoff_cap=3.0)
+    delays = []
+    with Stubber(client) as stub:
+        for code, status in [("SlowDown", 503), ("InternalError", 500), ("NoSuchBucket", 404), ("AccessDenied", 403)]:
+            stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+        stub.add_response("put_object", {})
+        stub.add_client_error("put_object", service_error_code="SlowDown", http_status_code=503)
+        for n in range(6):
+            try:
+                sink.write(one_event_batch(n))
+            except SinkBackpressureError as exc:
+                delays.append(exc.retry_after)
+    assert delays == [1.0, 2.0, 3.0, 3.0, 1.0]  # a success resets the streak
+    assert (sink.objects_written, sink.backpressures) == (1, 5)
+    # With the defaults a pause never exceeds 30 s: an outage of any length costs at most 30 s after it.
+    assert [backpressure_delay(n) for n in (0, 1, 4, 5, 50)] == [1.0, 2.0, 16.0, 30.0, 30.0]
+
+
+class TcpGate:
+    """A loopback TCP forwarder to ``target_port`` that can refuse connections for a while (an outage)."""
+
+    def __init__(self, target_port: int):
+        self.port = free_port()
+        self._target = target_port
+        self._listening = threading.Event()
+        self._acceptor: threading.Thread | None = None
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        server.settimeout(0.05)
+        self._listening.set()
+        self._acceptor = threading.Thread(target=self._accept, args=(server,), daemon=True)
+        self._acceptor.start()
+
+    def close(self) -> None:
+        """Stop listening (new connections are refused) and cut every open connection."""
+        self._listening.clear()
+        if self._acceptor is not None:
+            self._acceptor.join()
+        with self._lock:
+            for conn in self._connections:
+                _shutdown(conn)  # wakes the pumps, which close the sockets themselves
+
+    def _accept(self, server: socket.socket) -> None:
+        with server:
+            while self._listening.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self._target))
+                with self._lock:
+                    self._connections += [client, upstream]
+                pumps_left = [2]
+                for source, target in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(source, target, pumps_left), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, pumps_left: list[int]) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        _shutdown(source)
+        _shutdown(target)
+        with self._lock:
+            pumps_left[0] -= 1
+            if pumps_left[0] == 0:  # closed only when neither pump can touch them any more
+                for conn in (source, target):
+                    self._connections.remove(conn)
+                    conn.close()
+
+
+def _shutdown(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(kafka_env, s3, bucket, aws_endpoint,
+                                                                        monkeypatch):
+    gate = TcpGate(int(aws_endpoint.rsplit(":", 1)[1]))
+    gate.open()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)  # only the sink goes through the gate
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="40", MAX_BATCH_TIMEOUT="0.5")
+    sink = jsonl_sink(settings)  # production backoff and timeouts
+    events = [ticker(n, symbol=symbol) for n in range(150) for symbol in ("BTCUSDT", "ETHUSDT", "BNBBTC")]
+    outage = 6.0
+
+    def scenario():
+        feeding = threading.Thread(target=lambda: [
+            (produce(settings.kafka, events[i:i + 30]), time.sleep(0.1)) for i in range(0, len(events), 30)])
+        feeding.start()
+        wait_for(lambda: key_count(s3, bucket) >= 2, 30, what="objects before the outage")
+        gate.close()
+        wait_for(lambda: sink.backpressures >= 1, 10, what="the sink to notice the outage")
+        time.sleep(outage)  # the outage itself: nothing to wait for but the clock
+        assert sink.backpressures >= 2
+        gate.open()
+        feeding.join()
+        until_rows(s3, bucket, len(events), timeout=60)()
+
+    try:
+        run_sink(settings, scenario, sink)
+    finally:
+        gate.close()
+
+    rows = all_rows(stored(s3, bucket))
+    assert identities(rows) == identities(events)
+    assert max(len(r) for r in stored(s3, bucket).values()) <= 40
