@@ -60,6 +60,9 @@ PRODUCER_CONFIG: dict[str, Any] = {
     # request must never create one with the broker's defaults.
     "allow.auto.create.topics": False,
     "message.timeout.ms": 0,  # never expire a message locally
+    # librdkafka's default backs off to 10 s between reconnects: after an outage the
+    # backlog would wait that long for a broker that is already back.
+    "reconnect.backoff.max.ms": 1000,
     "queue.buffering.max.messages": QUEUE_MAX_MESSAGES,
     "queue.buffering.max.kbytes": QUEUE_MAX_KBYTES,
 }

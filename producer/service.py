@@ -88,6 +88,7 @@ class ProducerService:
         self._readers: list[Reader] = []
         self._invalid_logged = 0
         self._deadline = 0.0
+        self._stop_requested = False
         self.publisher: Publisher | None = None
 
     @property
@@ -96,6 +97,7 @@ class ProducerService:
 
     def request_stop(self) -> None:
         """Stop reading, flush and return from :meth:`main`; callable from any thread."""
+        self._stop_requested = True  # seen by main() if it has not started yet
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._begin_stop)
 
@@ -127,6 +129,8 @@ class ProducerService:
             asyncio.create_task(self._report(), name="stats"),
         ]
         readers = [asyncio.create_task(r.run(), name=f"reader-{i}") for i, r in enumerate(self._readers)]
+        if self._stop_requested:
+            self._begin_stop()
         crashed = await self._wait_for_stop(background + readers)
         try:
             await self._stop_readers(readers)
@@ -155,6 +159,8 @@ class ProducerService:
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         crashed = None
         for task in done - {stop}:
+            if task.exception() is None and self.stopping:
+                continue  # a reader that saw the stop request first
             crashed = f"{task.get_name()}: {task.exception() or 'ended'}"
             log.error("%s; stopping", crashed, exc_info=task.exception())
         self._begin_stop()

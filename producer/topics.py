@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 RECHECK_INTERVAL = 30.0
 ATTEMPT_TIMEOUT = 3.0  # per ensure_topics call; short, so a shutdown never waits long
-RETRY_DELAY = 1.0
+RETRY_DELAY = 0.5
 WARN_EVERY = 30.0  # seconds between "still waiting for the broker" warnings
 
 

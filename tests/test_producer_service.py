@@ -1,0 +1,142 @@
+"""The producer against the market simulator and the test broker: nothing sent is lost
+or doubled, whatever the websocket does."""
+
+from __future__ import annotations
+
+import orjson
+from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+from crypto_live.dead_letter import original_bytes
+from crypto_live.embedded import free_port
+from crypto_live.settings import ProducerSettings, load
+from crypto_live.simulator import JUNK_FRAMES, SimulatorOptions, SimulatorThread
+from producer.inprocess import ProducerThread
+from producer.publisher import DLQ_REASON_HEADER
+from producer.source import plan_connections
+from tests.helpers import read_topic, wait_for
+
+
+def producer_settings(kafka_env: dict, url: str, **extra: str) -> ProducerSettings:
+    return load(ProducerSettings, {
+        **kafka_env, "BINANCE_WEBSOCKET_URL": url, "PRODUCER_STATS_INTERVAL": "1",
+        "PRODUCER_SHUTDOWN_TIMEOUT": "15", **extra,
+    })
+
+
+def event_keys(bootstrap: str, topic: str) -> list[tuple[str, int]]:
+    """(s, E) of every message on ``topic``, duplicates kept."""
+    keys = []
+    for message in read_topic(bootstrap, topic):
+        event = orjson.loads(message.value())
+        keys.append((event["s"], event["E"]))
+    return keys
+
+
+def assert_exactly_once(sim: SimulatorThread, bootstrap: str, topic: str) -> None:
+    got = event_keys(bootstrap, topic)
+    sent = sim.sent_keys()
+    assert sent, "the simulator sent nothing"
+    assert len(got) == len(set(got)), f"{len(got) - len(set(got))} events were published twice"
+    assert set(got) == sent, f"missing {len(sent - set(got))}, unexpected {len(set(got) - sent)}"
+
+
+def keeps_flowing(producer: ProducerThread, more: int = 20):
+    """A condition: at least ``more`` further events were read since it was made."""
+    start = producer.stats.events
+    return lambda: producer.stats.events >= start + more
+
+
+def test_every_event_arrives_exactly_once_through_drop_shutdown_junk_and_stale(broker, kafka_env):
+    with SimulatorThread(SimulatorOptions(symbols=20, interval=0.05)) as sim:
+        settings = producer_settings(kafka_env, sim.url(), PRODUCER_STALE_AFTER="1")
+        with ProducerThread(settings) as producer:
+            stats = producer.stats
+            wait_for(lambda: stats.published >= 50, what="first events published")
+
+            sim.drop_connections()
+            flowing = keeps_flowing(producer)
+            wait_for(lambda: stats.connections >= 2 and flowing(), what="reconnect after a dropped connection")
+
+            sim.server_shutdown()
+            flowing = keeps_flowing(producer)
+            wait_for(lambda: stats.connections >= 3 and flowing(), what="reconnect after serverShutdown")
+            assert stats.server_shutdowns == 1
+
+            sim.send_junk()
+            wait_for(lambda: stats.invalid >= 2, what="junk frames dead-lettered")
+
+            sim.stall(2.0)
+            wait_for(lambda: stats.stale >= 1, what="stale-stream watchdog")
+            flowing = keeps_flowing(producer)
+            wait_for(lambda: flowing(), what="events after the stall")
+            assert producer.stop() == 0
+
+    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+    assert stats.delivery_failures == 0 and stats.published == stats.events
+    assert stats.reconnects >= 3
+
+    dead = read_topic(broker, kafka_env["KAFKA_TOPIC"] + ".dlq")
+    records = [orjson.loads(m.value()) for m in dead]
+    assert sorted(original_bytes(r) for r in records) == sorted(f.encode() for f in JUNK_FRAMES)
+    assert all(r["stage"] == "producer" and r["source"] is None for r in records)
+    by_raw = {original_bytes(r): r["reason"] for r in records}
+    assert by_raw[JUNK_FRAMES[0].encode()].startswith("not JSON")
+    assert "missing fields" in by_raw[JUNK_FRAMES[1].encode()]
+    assert [dict(m.headers())[DLQ_REASON_HEADER].decode() for m in dead] == [r["reason"] for r in records]
+    assert stats.not_json == 1
+
+
+def test_message_key_value_and_timestamp_are_symbol_fields_as_sent_and_event_time(broker, kafka_env):
+    with SimulatorThread(SimulatorOptions(symbols=5, interval=0.05)) as sim:
+        with ProducerThread(producer_settings(kafka_env, sim.url())) as producer:
+            wait_for(lambda: producer.stats.published >= 30, what="events published")
+        sent = {(e["s"], e["E"]): e for e in sim.sent_events}
+    messages = read_topic(broker, kafka_env["KAFKA_TOPIC"])
+    assert len(messages) == len(sent)
+    for message in messages:
+        event = orjson.loads(message.value())
+        original = sent[(event["s"], event["E"])]
+        assert message.key() == original["s"].encode("utf-8")
+        assert message.value() == orjson.dumps(original)  # same fields, same order, strings kept
+        assert message.timestamp() == (TIMESTAMP_CREATE_TIME, original["E"])
+
+
+def test_symbol_subscriptions_over_several_connections_with_subscribe_frames(broker, kafka_env):
+    with SimulatorThread(SimulatorOptions(symbols=12, interval=0.05)) as sim:
+        chosen = sim.symbols[:5]
+        settings = producer_settings(kafka_env, sim.url(), BINANCE_SYMBOLS=",".join(chosen))
+        # Limits shrunk so five symbols need two connections, one of them with
+        # streams both in its URL and in a paced SUBSCRIBE frame.
+        plans = plan_connections(settings.websocket_url, settings.symbols, max_streams=3, per_message=2)
+        assert [len(p.subscribe) for p in plans] == [1, 0]
+        with ProducerThread(settings, plans) as producer:
+            wait_for(lambda: producer.stats.answers == 1, what="the SUBSCRIBE answer")
+            wait_for(lambda: {e["s"] for e in sim.sent_events[-40:]} == set(chosen), what="all five symbols")
+            wait_for(keeps_flowing(producer), what="more events")
+        assert producer.stats.connections == 2
+    assert {s for s, _ in sim.sent_keys()} == set(chosen)
+    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+
+
+def test_connections_are_renewed_before_their_maximum_age_without_losing_events(broker, kafka_env):
+    with SimulatorThread(SimulatorOptions(symbols=10, interval=0.05)) as sim:
+        settings = producer_settings(kafka_env, sim.url(), PRODUCER_MAX_CONNECTION_AGE="0.6")
+        with ProducerThread(settings) as producer:
+            wait_for(lambda: producer.stats.connections >= 4, what="three renewals")
+        assert producer.stats.stale == 0 and producer.exit_code == 0
+    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+
+
+def test_unreachable_websocket_is_retried_and_stopping_still_exits_cleanly(kafka_env):
+    url = f"ws://127.0.0.1:{free_port()}/ws/!miniTicker@arr"
+    settings = producer_settings(kafka_env, url, PRODUCER_RECONNECT_MAX_DELAY="0.2")
+    with ProducerThread(settings) as producer:
+        wait_for(lambda: producer.stats.reconnects >= 3, what="reconnect attempts")
+        assert producer.stop(timeout=15) == 0
+    assert producer.stats.connections == 0 and producer.stats.events == 0
+
+
+def test_stop_requested_while_starting_exits_zero(kafka_env):
+    with SimulatorThread(SimulatorOptions(symbols=2, interval=5)) as sim:
+        with ProducerThread(producer_settings(kafka_env, sim.url())) as producer:
+            assert producer.stop(timeout=15) == 0
