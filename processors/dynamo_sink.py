@@ -119,7 +119,7 @@ class DynamoTableSink(BatchingSink):
         if problems:
             raise TableSetupError(self._setup_message(problems))
         if table.get("TableStatus") == "CREATING":
-            table = self._wait_until_active()
+            self._wait_until_active()
         self._warn_if_rows_never_expire()
         self._ready = True
         log.info("writing to DynamoDB table %s (%s)", self.table, items.expected_keys())
