@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -137,7 +140,8 @@ def resolve_url(settings: ProducerSettings) -> str:
         return settings.websocket_url
     name = settings.websocket_secret
     try:
-        response = aws.client(settings.aws, "secretsmanager").get_secret_value(SecretId=name)
+        with _quiet_botocore():
+            response = aws.client(settings.aws, "secretsmanager").get_secret_value(SecretId=name)
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")
         if code == "ResourceNotFoundException":
@@ -156,3 +160,15 @@ def resolve_url(settings: ProducerSettings) -> str:
         except UnicodeDecodeError:
             raise CommandError(f"secret {name!r} is binary and not UTF-8 text") from None
     return url_from_secret_value(name, value)
+
+
+@contextlib.contextmanager
+def _quiet_botocore() -> Iterator[None]:
+    """botocore logs response bodies at DEBUG: the secret's value (the URL) among them."""
+    logger = logging.getLogger("botocore")
+    saved = logger.level
+    logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
