@@ -176,6 +176,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # boto's INFO lines ("Found credentials in environment variables.") are noise here.
+    logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return args.handler(args, os.environ if environ is None else environ)
     except SettingsError as exc:
@@ -189,4 +191,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: services raise
+    # crypto_live.cli.CommandError, which must be the class main() catches.
+    from crypto_live.cli import main as _main
+
+    sys.exit(_main())

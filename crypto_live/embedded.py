@@ -12,10 +12,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class EmbeddedStackError(RuntimeError):
@@ -41,19 +43,24 @@ class _Child:
     argv: list[str]
     port: int
     process: subprocess.Popen | None = field(default=None, repr=False)
+    log: Any = field(default=None, repr=False)
 
     def start(self, ready, timeout: float) -> None:
+        # Output goes to a file, never a pipe: nobody reads a pipe while the child runs,
+        # and a full one (moto logs every request) would freeze the child.
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C goes to crypto-live, which stops us in order
         )
         deadline = time.monotonic() + timeout
         while not ready():
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace")[-2000:] if self.process.stderr else ""
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")[-2000:]
                 raise EmbeddedStackError(f"{self.name} exited with {self.process.returncode}: {err.strip()}")
             if time.monotonic() > deadline:
                 self.stop()

@@ -8,6 +8,7 @@ step leaves an existing resource exactly as it is.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -65,11 +66,12 @@ def ensure_secret(aws_settings: AwsSettings, name: str, websocket_url: str) -> b
     return True
 
 
-def ensure_table(dynamo: DynamoSinkSettings) -> bool:
-    """Create the DynamoDB table (on-demand, TTL on ``ttl``) unless it exists."""
-    from processors.dynamo_sink import ensure_table as create_if_missing
+def ensure_table(dynamo: DynamoSinkSettings) -> None:
+    """Create the DynamoDB table (on-demand, TTL on ``ttl``) unless it exists; check its keys."""
+    from processors.dynamo_sink import table_sink
 
-    return create_if_missing(aws.client(dynamo.aws, "dynamodb"), dynamo.table)
+    # The sink's own start-up check with its create switch on: one definition of the table.
+    table_sink(dataclasses.replace(dynamo, create_table=True)).setup()
 
 
 def provision_kafka(kafka: KafkaSettings) -> list[str]:
