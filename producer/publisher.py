@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from crypto_live.dead_letter import dead_letter, encode
 from crypto_live.event import MiniTicker
@@ -67,6 +67,8 @@ PRODUCER_CONFIG: dict[str, Any] = {
     "queue.buffering.max.kbytes": QUEUE_MAX_KBYTES,
 }
 DLQ_REASON_HEADER = "crypto-live-reason"
+DLQ_MAX_RAW_BYTES = 512 * 1024  # base64 of binary frames grows by 4/3: stays under 1 MB
+RESEND_INTERVAL = 1.0  # seconds between rounds of producing refused messages again
 POLL_INTERVAL = 0.05  # seconds between poll(0) calls serving delivery reports
 QUEUE_FULL_WAIT = 0.05  # seconds to wait before producing again into a full queue
 REBUILD_DRAIN_TIMEOUT = 10.0
@@ -124,7 +126,14 @@ class Publisher:
         await self._produce((self.kafka.topic, event.symbol.encode(), event.to_json(), event.event_time, None))
 
     async def dead_letter(self, reason: str, raw: bytes) -> None:
-        """Queue one dead-letter record for KAFKA_DLQ_TOPIC."""
+        """Queue one dead-letter record for KAFKA_DLQ_TOPIC.
+
+        Raw bytes beyond :data:`DLQ_MAX_RAW_BYTES` are cut (the reason says so): a
+        frame of many megabytes would otherwise be refused by the broker whole.
+        """
+        if len(raw) > DLQ_MAX_RAW_BYTES:
+            reason = f"{reason} [raw truncated to {DLQ_MAX_RAW_BYTES} of {len(raw)} bytes]"
+            raw = raw[:DLQ_MAX_RAW_BYTES]
         value = encode(dead_letter(reason, raw, stage="producer"))
         headers = [(DLQ_REASON_HEADER, reason.encode())]
         await self._produce((self.kafka.dlq_topic, None, value, None, headers))
@@ -145,6 +154,10 @@ class Publisher:
                 # Full local queue: wait for acknowledgements instead of dropping.
                 self.stats.queue_full += 1
                 await asyncio.sleep(QUEUE_FULL_WAIT)
+            except KafkaException as exc:  # refused outright, e.g. larger than message.max.bytes
+                self.stats.delivery_failures += 1
+                log.error("message for topic %s (key %r, %d bytes) refused: %s", topic, key, len(value), exc)
+                return
 
     def _on_delivery(self, timestamp: int | None, headers: Any, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -182,10 +195,14 @@ class Publisher:
 
     async def serve(self) -> None:
         """Serve delivery reports and resend refused messages, forever (cancel to stop)."""
+        next_resend = 0.0
         while True:
             async with self._lock:
                 self._producer.poll(0)
-            await self._resend_pending()
+            if self._resend and time.monotonic() >= next_resend:
+                # Paced: a topic that stays missing must not turn into a busy loop.
+                next_resend = time.monotonic() + RESEND_INTERVAL
+                await self._resend_pending()
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _resend_pending(self) -> None:

@@ -102,7 +102,10 @@ class ProducerService:
             self._loop.call_soon_threadsafe(self._begin_stop)
 
     def _begin_stop(self) -> None:
-        if self._stop is None or self._stop.is_set():
+        if self._stop is None:
+            return
+        if self._stop.is_set():
+            log.info("already stopping: flushing for at most %g s", self.settings.shutdown_timeout)
             return
         log.info("stopping: closing %d connection(s), then flushing", len(self._readers))
         self._stop.set()
@@ -112,6 +115,7 @@ class ProducerService:
     async def main(self, *, install_signal_handlers: bool = True) -> int:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        started = self._loop.time()
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._begin_stop)
@@ -141,8 +145,8 @@ class ProducerService:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-        log.info("final stats: %s", stats_line(Stats(), self.stats, 0.0, left))
-        undelivered = left + self.stats.delivery_failures
+        log.info("final stats: %s", stats_line(Stats(), self.stats, self._loop.time() - started, left))
+        undelivered = self.stats.undelivered()
         if undelivered:
             raise CommandError(
                 f"{undelivered} messages were not delivered to Kafka at {self.settings.kafka.bootstrap_servers} "

@@ -29,6 +29,10 @@ class Stats:
     def snapshot(self) -> Stats:
         return dataclasses.replace(self)
 
+    def undelivered(self) -> int:
+        """Messages read (events and dead letters) that no broker acknowledged."""
+        return max(0, self.events + self.invalid - self.published - self.dead_lettered)
+
 
 def stats_line(previous: Stats, current: Stats, elapsed: float, in_flight: int) -> str:
     """One log line: the rate since ``previous`` and the totals of ``current``."""

@@ -3,16 +3,20 @@ or doubled, whatever the websocket does."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 from crypto_live.dead_letter import original_bytes
 from crypto_live.embedded import free_port
+from crypto_live.kafka import ensure_topics
 from crypto_live.settings import ProducerSettings, load
 from crypto_live.simulator import JUNK_FRAMES, SimulatorOptions, SimulatorThread
 from producer.inprocess import ProducerThread
-from producer.publisher import DLQ_REASON_HEADER
+from producer.publisher import DLQ_MAX_RAW_BYTES, DLQ_REASON_HEADER, Publisher
 from producer.source import plan_connections
+from producer.stats import Stats
 from tests.helpers import read_topic, wait_for
 
 
@@ -140,3 +144,22 @@ def test_stop_requested_while_starting_exits_zero(kafka_env):
     with SimulatorThread(SimulatorOptions(symbols=2, interval=5)) as sim:
         with ProducerThread(producer_settings(kafka_env, sim.url())) as producer:
             assert producer.stop(timeout=15) == 0
+
+
+def test_oversized_junk_frame_is_dead_lettered_truncated_not_refused(broker, kafka_env):
+    settings = producer_settings(kafka_env, "ws://127.0.0.1:1/ws/x")
+    ensure_topics(settings.kafka, timeout=10)
+    raw = b"x" * (DLQ_MAX_RAW_BYTES + 1000)
+
+    async def publish_one() -> tuple[int, Stats]:
+        stats = Stats(invalid=1)
+        publisher = Publisher(settings.kafka, stats)
+        await publisher.dead_letter("not JSON: huge", raw)
+        return await publisher.flush(15), stats
+
+    left, stats = asyncio.run(publish_one())
+    assert left == 0 and stats.dead_lettered == 1 and stats.delivery_failures == 0
+    [message] = read_topic(broker, settings.kafka.dlq_topic)
+    record = orjson.loads(message.value())
+    assert record["reason"] == f"not JSON: huge [raw truncated to {DLQ_MAX_RAW_BYTES} of {len(raw)} bytes]"
+    assert original_bytes(record) == raw[:DLQ_MAX_RAW_BYTES]
