@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -176,6 +177,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # A dependency of quixstreams warns about its own dependency at import time.
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     # boto's INFO lines ("Found credentials in environment variables.") are noise here.
     logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -121,15 +120,33 @@ class Observer:
         partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in partitions}
 
-    def lag(self) -> dict[str, int]:
+    def committed(self) -> dict[str, dict[int, int]]:
+        """Each sink group's committed offset per partition of the event topic."""
         from confluent_kafka import TopicPartition
 
+        partitions = list(self._end_offsets(self._kafka.topic))
+        return {
+            name: {tp.partition: max(tp.offset, 0) for tp in consumer.committed(
+                [TopicPartition(self._kafka.topic, p) for p in partitions], timeout=5)}
+            for name, consumer in self._consumers.items()
+        }
+
+    def progress(self) -> tuple[int, dict[str, int]]:
+        """(events in the topic, lag per sink group).
+
+        Some brokers (Tansu) report a high watermark that trails the last record batch,
+        so a partition's end is taken as the furthest of its watermark and every commit.
+        """
         ends = self._end_offsets(self._kafka.topic)
-        result = {}
-        for name, consumer in self._consumers.items():
-            committed = consumer.committed([TopicPartition(self._kafka.topic, p) for p in ends], timeout=5)
-            result[name] = sum(end - max(tp.offset, 0) for tp, end in zip(committed, ends.values(), strict=True))
-        return result
+        committed = self.committed()
+        for offsets in committed.values():
+            for partition, offset in offsets.items():
+                ends[partition] = max(ends[partition], offset)
+        lag = {name: sum(ends[p] - offsets[p] for p in ends) for name, offsets in committed.items()}
+        return sum(ends.values()), lag
+
+    def lag(self) -> dict[str, int]:
+        return self.progress()[1]
 
     def s3_keys(self) -> list[str]:
         prefix = f"{self._s3_settings.prefix}/" if self._s3_settings.prefix else ""
@@ -148,13 +165,14 @@ class Observer:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def snapshot(self) -> Snapshot:
+        events_in, lag = self.progress()
         return Snapshot(
             at=time.monotonic(),
-            events_in=sum(self._end_offsets(self._kafka.topic).values()),
+            events_in=events_in,
             dead_letters=sum(self._end_offsets(self._kafka.dlq_topic).values()),
             s3_objects=len(self.s3_keys()),
             dynamo_rows=self.dynamo_rows(),
-            lag=self.lag(),
+            lag=lag,
         )
 
     def sample_row(self, symbol: str) -> dict | None:
@@ -201,8 +219,9 @@ def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         observer = Observer(s3, dynamo)
         stack.callback(observer.close)
         failed = _watch(children, observer, stop, args.duration)
-        code = _stop_in_order(children, observer)
-        _print_summary(observer, s3, dynamo, env)
+        quiet_for = max(s3.max_batch_timeout, dynamo.max_batch_timeout) + 3
+        code = _stop_in_order(children, observer, quiet_for)
+        _print_summary(observer, s3, dynamo, env, embedded_aws=not environ.get("AWS_ENDPOINT_URL", "").strip())
         if failed:
             raise CommandError(f"{failed} exited unexpectedly; see {log_dir}/{failed}.log")
         return code
@@ -213,13 +232,23 @@ def _say(message: str) -> None:
 
 
 def _start_missing_infrastructure(stack: ExitStack, environ: Mapping[str, str]) -> dict[str, str]:
-    from crypto_live.embedded import EmbeddedAws, EmbeddedBroker, EmbeddedStackError, emulator_environment
+    from crypto_live.embedded import (
+        EmbeddedAws,
+        EmbeddedBroker,
+        EmbeddedStackError,
+        emulator_environment,
+        patched_environ,
+    )
 
     env: dict[str, str] = {}
     try:
         if not environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
             broker = stack.enter_context(EmbeddedBroker())
             env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+            # Tansu holds a group's first assignment for half the session timeout: 22 s by
+            # default. A short session keeps the sinks' start-up quick on one machine.
+            if not environ.get("KAFKA_SESSION_TIMEOUT_MS", "").strip():
+                env["KAFKA_SESSION_TIMEOUT_MS"] = "6000"
             _say(f"started the embedded Kafka broker (Tansu) on {broker.bootstrap_servers}")
         if not environ.get("AWS_ENDPOINT_URL", "").strip():
             emulator = stack.enter_context(EmbeddedAws())
@@ -227,12 +256,15 @@ def _start_missing_infrastructure(stack: ExitStack, environ: Mapping[str, str]) 
             _say(f"started the embedded AWS emulator (moto) on {emulator.endpoint_url} (memory only)")
     except EmbeddedStackError as exc:
         raise CommandError(str(exc)) from None
+    # This process provisions and observes with boto3 too: same endpoint and credentials.
+    stack.enter_context(patched_environ(env))
     return env
 
 
 def _start_simulator(stack: ExitStack, symbols: int) -> str:
     from crypto_live.simulator import SimulatorOptions, SimulatorThread
 
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # its connection chatter hides the status
     simulator = SimulatorThread(SimulatorOptions(symbols=symbols))
     simulator.start()
     stack.callback(simulator.stop)
@@ -287,16 +319,27 @@ def _terminate(child: subprocess.Popen, timeout: float) -> int:
         return child.wait()
 
 
-def _stop_in_order(children: dict[str, subprocess.Popen], observer: Observer) -> int:
+def _stop_in_order(children: dict[str, subprocess.Popen], observer: Observer, quiet_for: float) -> int:
+    """Producer first; then the sinks, once their commits have not moved for ``quiet_for`` s.
+
+    A sink commits within its batch timeout of reading the last event, so commits that
+    stay put that long after the producer stopped mean the sinks hold nothing more.
+    (Watermarks alone cannot tell: some brokers report them behind the last batch.)
+    """
     _say("stopping: producer first, then the sinks once they have caught up")
     codes = {"producer": _terminate(children["producer"], 35)}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(c.poll() is None for n, c in children.items() if n != "producer"):
+    deadline = time.monotonic() + 120
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline and all(children[n].poll() is None for n in ("s3-sink", "dynamo-sink")):
         try:
-            if not any(observer.lag().values()):
-                break
-        except Exception as exc:  # noqa: BLE001
-            log.debug("lag unavailable: %s", exc)
+            now = observer.committed()
+        except Exception as exc:  # noqa: BLE001 - keep waiting until the deadline
+            log.debug("offsets unavailable: %s", exc)
+            now = None
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_for:
+            break
         time.sleep(0.5)
     for name in ("s3-sink", "dynamo-sink"):
         codes[name] = _terminate(children[name], 35)
@@ -307,7 +350,8 @@ def _stop_in_order(children: dict[str, subprocess.Popen], observer: Observer) ->
     return 0
 
 
-def _print_summary(observer: Observer, s3: S3SinkSettings, dynamo: DynamoSinkSettings, env: Mapping[str, str]) -> None:
+def _print_summary(observer: Observer, s3: S3SinkSettings, dynamo: DynamoSinkSettings, env: Mapping[str, str],
+                   embedded_aws: bool) -> None:
     try:
         final = observer.snapshot()
         keys = observer.s3_keys()
@@ -323,6 +367,6 @@ def _print_summary(observer: Observer, s3: S3SinkSettings, dynamo: DynamoSinkSet
     print(f"  aws{flag} dynamodb query --table-name {dynamo.table} "
           "--key-condition-expression 'symbol = :s' "
           "--expression-attribute-values '{\":s\":{\"S\":\"BTCUSDT\"}}'")
-    if endpoint and "AWS_ENDPOINT_URL" not in os.environ:
+    if embedded_aws:
         print("(the embedded AWS emulator keeps data in memory only and stopped with this command; "
               "set AWS_ENDPOINT_URL to keep the output)")
