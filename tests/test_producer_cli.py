@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import boto3
 import orjson
@@ -13,12 +12,7 @@ import pytest
 
 from crypto_live.embedded import free_port
 from crypto_live.simulator import SimulatorOptions, SimulatorThread
-from tests.helpers import cli_env, read_topic, start_cli, wait_for
-
-# What the `crypto-live` console script runs. helpers.start_cli's `python -m
-# crypto_live.cli` executes cli.py as __main__, whose CommandError is another class than
-# the crypto_live.cli.CommandError services raise: it would print a traceback.
-CONSOLE_SCRIPT = [sys.executable, "-c", "from crypto_live.cli import main; raise SystemExit(main())"]
+from tests.helpers import cli_env, read_topic, run_cli, start_cli, wait_for
 
 
 def secret_token(unique: str) -> str:
@@ -79,7 +73,7 @@ def test_url_from_secrets_manager_json_form_is_used_and_never_logged(broker, kaf
 def test_missing_secret_is_one_clear_line_and_a_non_zero_exit(kafka_env, aws_env, unique):
     env = cli_env(kafka_env, aws_env, {"BINANCE_WEBSOCKET_SECRET": f"absent-{unique}"})
     env.pop("BINANCE_WEBSOCKET_URL", None)
-    result = subprocess.run([*CONSOLE_SCRIPT, "producer"], env=env, capture_output=True, text=True, timeout=60)
+    result = run_cli(["producer"], env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
@@ -94,8 +88,7 @@ def test_flush_that_cannot_complete_exits_non_zero_saying_how_many_were_not_deli
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # nothing listens there
             "BINANCE_WEBSOCKET_URL": sim.url(), "PRODUCER_SHUTDOWN_TIMEOUT": "2",
         })
-        proc = subprocess.Popen([*CONSOLE_SCRIPT, "producer"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = start_cli(["producer"], env)
         wait_for(lambda: sim.sent_count >= 50 or proc.poll() is not None, what="events sent to the producer")
         out, err = stop_with(proc, signal.SIGTERM)
         sent = sim.sent_count  # the connection is closed: final
