@@ -218,13 +218,13 @@ class Publisher:
         async with self._lock:
             self._open.clear()
             try:
-                old = self._producer
-                old.purge(in_queue=True, in_flight=True)
-                left = await asyncio.to_thread(_drain, old, REBUILD_DRAIN_TIMEOUT)
+                retired = [self._producer]  # the worker thread drops the last reference
+                self._producer = self._new_producer()
+                retired[0].purge(in_queue=True, in_flight=True)
+                left = await asyncio.to_thread(_drain, retired, REBUILD_DRAIN_TIMEOUT)
                 if left:
                     self.stats.delivery_failures += left
                     log.error("%d messages could not be taken back from the old Kafka producer", left)
-                self._producer = self._new_producer()
                 self.stats.producer_resets += 1
                 self._brokers_down = False
                 log.warning("Kafka producer rebuilt (%s); producing %d messages again", why, len(self._resend))
@@ -251,8 +251,11 @@ class Publisher:
         return self.in_flight
 
 
-def _drain(producer: Producer, timeout: float) -> int:
-    """Serve a purged producer's delivery reports; returns the messages still held."""
+def _drain(retired: list[Producer], timeout: float) -> int:
+    """Serve a purged producer's delivery reports, then destroy it (which can block
+    while its broker threads wind down, hence here and not on the event loop).
+    Returns how many messages it still held."""
+    producer = retired.pop()
     deadline = time.monotonic() + timeout
     while len(producer) and time.monotonic() < deadline:
         producer.poll(0.05)

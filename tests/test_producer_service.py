@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 from crypto_live.dead_letter import original_bytes
@@ -131,13 +132,21 @@ def test_connections_are_renewed_before_their_maximum_age_without_losing_events(
     assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
 
 
-def test_unreachable_websocket_is_retried_and_stopping_still_exits_cleanly(kafka_env):
-    url = f"ws://127.0.0.1:{free_port()}/ws/!miniTicker@arr"
-    settings = producer_settings(kafka_env, url, PRODUCER_RECONNECT_MAX_DELAY="0.2")
-    with ProducerThread(settings) as producer:
-        wait_for(lambda: producer.stats.reconnects >= 3, what="reconnect attempts")
-        assert producer.stop(timeout=15) == 0
+@pytest.mark.parametrize("where", ["nothing listening", "handshake refused"])
+def test_unreachable_websocket_is_retried_without_logging_the_url(kafka_env, unique, caplog, where):
+    token = f"listenKey-{unique}"
+    with SimulatorThread(SimulatorOptions(symbols=2)) as sim:
+        base = f"ws://127.0.0.1:{free_port()}/ws/!miniTicker@arr" if where == "nothing listening" \
+            else sim.url("nosuchstream@miniTicker")  # the simulator answers HTTP 400
+        settings = producer_settings(kafka_env, f"{base}?{token}=1", PRODUCER_RECONNECT_MAX_DELAY="0.2")
+        with caplog.at_level("DEBUG"), ProducerThread(settings) as producer:
+            wait_for(lambda: producer.stats.reconnects >= 3, what="reconnect attempts")
+            assert producer.stop(timeout=15) == 0
     assert producer.stats.connections == 0 and producer.stats.events == 0
+    # The simulator (the server side, same process) logs request lines; the producer must not.
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("producer"))
+    assert "reconnecting in" in logged
+    assert token not in logged and "nosuchstream" not in logged
 
 
 def test_stop_requested_while_starting_exits_zero(kafka_env):
