@@ -167,7 +167,7 @@ def test_config_command_prints_effective_values_with_secrets_masked():
     assert "hunter2" not in result.stdout and "listenkey123" not in result.stdout
 
 
-@pytest.mark.parametrize("command", ["producer", "s3-sink", "dynamo-sink", "run", "simulate", "config"])
+@pytest.mark.parametrize("command", ["producer", "s3-sink", "dynamo-sink", "run", "simulate", "config", "provision"])
 def test_every_subcommand_help_lists_its_environment_variables(command):
     result = run_cli([command, "--help"], cli_env())
     assert result.returncode == 0
