@@ -8,6 +8,7 @@ import asyncio
 import orjson
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from crypto_live.dead_letter import original_bytes
 from crypto_live.embedded import free_port
@@ -98,6 +99,7 @@ def test_message_key_value_and_timestamp_are_symbol_fields_as_sent_and_event_tim
         sent = {(e["s"], e["E"]): e for e in sim.sent_events}
     messages = read_topic(broker, kafka_env["KAFKA_TOPIC"])
     assert len(messages) == len(sent)
+    assert {m.partition() for m in messages} == {0, 1, 2}  # created with KAFKA_TOPIC_PARTITIONS=3
     for message in messages:
         event = orjson.loads(message.value())
         original = sent[(event["s"], event["E"])]
@@ -172,3 +174,17 @@ def test_oversized_junk_frame_is_dead_lettered_truncated_not_refused(broker, kaf
     record = orjson.loads(message.value())
     assert record["reason"] == f"not JSON: huge [raw truncated to {DLQ_MAX_RAW_BYTES} of {len(raw)} bytes]"
     assert original_bytes(record) == raw[:DLQ_MAX_RAW_BYTES]
+
+
+def test_existing_topics_are_left_as_they_are(broker, kafka_env):
+    topic = kafka_env["KAFKA_TOPIC"]
+    config = {"retention.ms": "3600000", "retention.bytes": "-1", "cleanup.policy": "delete"}
+    admin = AdminClient({"bootstrap.servers": broker})
+    for future in admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1, config=config)
+                                       for name in (topic, topic + ".dlq")]).values():
+        future.result()
+    with SimulatorThread(SimulatorOptions(symbols=5, interval=0.05)) as sim:
+        with ProducerThread(producer_settings(kafka_env, sim.url())) as producer:
+            wait_for(lambda: producer.stats.published >= 20, what="events published")
+    assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 1
+    assert_exactly_once(sim, broker, topic)
