@@ -167,7 +167,8 @@ class ProducerService:
                 continue  # a reader that saw the stop request first
             crashed = f"{task.get_name()}: {task.exception() or 'ended'}"
             log.error("%s; stopping", crashed, exc_info=task.exception())
-        self._begin_stop()
+        if not self.stopping:
+            self._begin_stop()
         self._deadline = self._loop.time() + self.settings.shutdown_timeout
         stop.cancel()
         return crashed
