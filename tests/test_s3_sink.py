@@ -384,7 +384,7 @@ def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(kafka_env
     settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="40", MAX_BATCH_TIMEOUT="0.5")
     sink = jsonl_sink(settings)  # production backoff and timeouts
     events = [ticker(n, symbol=symbol) for n in range(150) for symbol in ("BTCUSDT", "ETHUSDT", "BNBBTC")]
-    outage = 6.0
+    outage = 61.0  # the sink must ride out an outage of at least a minute
 
     def scenario():
         feeding = threading.Thread(target=lambda: [

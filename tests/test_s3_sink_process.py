@@ -1,0 +1,182 @@
+"""`crypto-live s3-sink` as a process: kill -9 and restarts, SIGTERM, two instances in one group."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections import Counter
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from crypto_live.settings import KafkaSettings, load
+from tests import test_s3_sink as in_process
+from tests.helpers import cli_env, read_topic, start_cli, wait_for
+from tests.test_s3_sink import NEXT_HOUR, all_rows, first_offset, identities, key_count, produce, stored, ticker
+
+s3, bucket = in_process.s3, in_process.bucket  # the same fixtures
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBBTC", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT"]
+
+
+class SinkProcess:
+    """One `crypto-live s3-sink` child; its log lines are collected as they come."""
+
+    def __init__(self, env: dict[str, str]):
+        self.process = start_cli(["s3-sink"], env)
+        self.lines: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(stream,), daemon=True)
+                         for stream in (self.process.stdout, self.process.stderr)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def written_keys(self) -> list[str]:
+        return [m.group(1) for line in self.lines if (m := re.search(r" wrote s3://[^/]+/(\S+) \(", line))]
+
+    def log(self) -> str:
+        return "".join(self.lines)[-4000:]
+
+    def kill(self) -> None:
+        """kill -9: no flush, no commit."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+
+@pytest.fixture
+def sinks():
+    started: list[SinkProcess] = []
+
+    def start(env: dict[str, str]) -> SinkProcess:
+        started.append(SinkProcess(env))
+        return started[-1]
+
+    yield start
+    for sink in started:
+        if sink.alive:
+            sink.kill()
+
+
+def committed(kafka: KafkaSettings, group: str) -> list[int]:
+    """The offsets ``group`` committed on each partition of the event topic (negative: none yet)."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    try:
+        partitions = [TopicPartition(kafka.topic, p) for p in range(kafka.partitions)]
+        return [tp.offset for tp in consumer.committed(partitions, timeout=10)]
+    finally:
+        consumer.close()
+
+
+def ends(events: list[dict], partitions: int) -> list[int]:
+    """The end offset of each partition once ``events`` were produced :func:`by_symbol` into an empty topic."""
+    counts = Counter(map(by_symbol(partitions), events))
+    return [counts[p] for p in range(partitions)]
+
+
+def stream_across_an_hour(count: int) -> list[dict]:
+    """Events of several symbols around 23:00, every 50th one a late 22:5x event."""
+    return [ticker(n, symbol=SYMBOLS[n % len(SYMBOLS)],
+                   event_time=NEXT_HOUR - count * 20 + n * 40 - (300_000 if n % 50 == 7 else 0))
+            for n in range(count)]
+
+
+def by_symbol(partitions: int):
+    return lambda event: SYMBOLS.index(event["s"]) % partitions
+
+
+def test_every_event_exactly_once_after_kill_9_at_three_points(kafka_env, aws_env, s3, bucket, sinks):
+    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "3",
+                                       "MAX_BATCH_SIZE": "20", "MAX_BATCH_TIMEOUT": "1"})
+    kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
+    events = stream_across_an_hour(3000)
+    produce(kafka, events, by_symbol(3))
+    end = ends(events, 3)
+
+    for objects_before_kill in (30, 70, 110):
+        sink = sinks(env)
+        wait_for(lambda sink=sink, n=objects_before_kill: not sink.alive or key_count(s3, bucket) >= n, 60,
+                 interval=0.02, what=f"{objects_before_kill} objects")
+        assert sink.alive, sink.log()
+        sink.kill()
+        assert committed(kafka, group) != end, "the sink was not killed mid-stream"
+
+    last = sinks(env)
+    wait_for(lambda: not last.alive or committed(kafka, group) == end, 60, interval=0.2,
+             what="every offset committed")
+    assert last.terminate() == 0, last.log()
+
+    objects = stored(s3, bucket)
+    assert identities(all_rows(objects)) == identities(events)  # no duplicate, no gap
+    assert max(len(rows) for rows in objects.values()) <= 20
+    assert {key.split("/")[2] for key in objects} == {"hour=22", "hour=23"}
+
+
+def test_sigterm_writes_and_commits_the_open_batch_and_exits_0(kafka_env, aws_env, s3, bucket, sinks):
+    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "1",
+                                       "MAX_BATCH_SIZE": "25", "MAX_BATCH_TIMEOUT": "300"})
+    kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
+    events = [ticker(n) for n in range(30)]
+    # A poison message last: its dead letter shows the sink has read everything before it.
+    produce(kafka, [*events, b"probe 1"])
+
+    sink = sinks(env)
+    wait_for(lambda: not sink.alive or read_topic(kafka.bootstrap_servers, kafka.dlq_topic, timeout=1, idle=0.2),
+             60, what="the probe's dead letter")
+    assert sink.alive, sink.log()
+    assert sink.terminate() == 0, sink.log()
+
+    objects = stored(s3, bucket)
+    assert [(first_offset(k), len(rows)) for k, rows in sorted(objects.items())] == [(0, 25), (25, 5)]
+    assert committed(kafka, group) == [31]  # a restart starts after what was written
+
+    produce(kafka, [ticker(30), b"probe 2"])
+    again = sinks(env)
+    wait_for(lambda: not again.alive or len(read_topic(kafka.bootstrap_servers, kafka.dlq_topic, timeout=1,
+                                                       idle=0.2)) == 2, 60, what="the second probe's dead letter")
+    assert again.terminate() == 0, again.log()
+    assert again.written_keys() == [k for k in stored(s3, bucket) if first_offset(k) == 31]  # nothing re-written
+    assert identities(all_rows(stored(s3, bucket))) == identities([*events, ticker(30)])
+    assert [orjson.loads(m.value())["reason"][:8] for m in read_topic(kafka.bootstrap_servers, kafka.dlq_topic)] == [
+        "not JSON", "not JSON"]
+
+
+def test_two_instances_in_one_group_share_the_partitions_and_store_every_event_once(
+        kafka_env, aws_env, s3, bucket, sinks):
+    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "4",
+                                       "MAX_BATCH_SIZE": "30", "MAX_BATCH_TIMEOUT": "0.5"})
+    kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
+    events = stream_across_an_hour(2400)
+    produce(kafka, events[:400], by_symbol(4))
+    first = sinks(env)
+    wait_for(lambda: not first.alive or first.written_keys(), 60, what="the first instance writing")
+
+    second = sinks(env)
+    for start in range(400, len(events), 100):  # events keep flowing while the group rebalances
+        produce(kafka, events[start:start + 100], by_symbol(4))
+        time.sleep(0.05)
+    wait_for(lambda: not (first.alive and second.alive) or second.written_keys(), 60,
+             what="the second instance writing")
+    wait_for(lambda: committed(kafka, group) == ends(events, 4), 60, interval=0.2, what="every offset committed")
+    assert first.alive and second.alive, first.log() + second.log()
+    assert first.terminate() == 0 and second.terminate() == 0
+
+    objects = stored(s3, bucket)
+    assert identities(all_rows(objects)) == identities(events)
+    partitions_of_second = {int(key.rsplit("-", 2)[1]) for key in second.written_keys()}
+    assert 0 < len(partitions_of_second) < 4, f"the second instance wrote partitions {partitions_of_second}"
