@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "moto unless AWS_ENDPOINT_URL is set), provision topic, bucket, table and secret, and run "
         "producer, S3 sink and DynamoDB sink together until Ctrl-C.",
         epilog=_env_epilog(list(SERVICES.values()))
-        + "\n  AWS_ENDPOINT_URL                 boto3's own endpoint override",
+        + "\n  AWS_ENDPOINT_URL                 boto3's own endpoint override"
+        + "\n  CRYPTO_LIVE_LOG_DIR              where each service's log goes (default .crypto-live/logs)"
+        + "\n  LOG_LEVEL                        log verbosity (default INFO)",
     )
     run.add_argument("--simulate", action="store_true", help="read the built-in market simulator, not Binance")
     run.add_argument("--symbols", type=int, default=50, help="simulated symbol count (with --simulate)")
@@ -169,6 +171,20 @@ def config_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _silence_authlib_httpx_warning() -> None:
+    """Hide authlib's import-time deprecation notice (pulled in by quixstreams).
+
+    authlib.deprecate installs an "always" filter for its warning class when it is
+    imported, which would override a filter set earlier; so import it first, then
+    put ours in front.
+    """
+    try:
+        import authlib.deprecate  # noqa: F401
+    except ImportError:
+        return
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -177,8 +193,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # A dependency of quixstreams warns about its own dependency at import time.
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    _silence_authlib_httpx_warning()
     # boto's INFO lines ("Found credentials in environment variables.") are noise here.
     logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:

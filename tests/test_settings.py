@@ -183,3 +183,20 @@ def test_service_refuses_bad_setting_before_connecting_anywhere():
                      timeout=20)
     assert result.returncode == 2
     assert "MAX_BATCH_SIZE='ten'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_help_also_lists_the_variables_run_itself_reads():
+    result = run_cli(["run", "--help"], cli_env())
+    for name in ("AWS_ENDPOINT_URL", "CRYPTO_LIVE_LOG_DIR", "LOG_LEVEL"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", ["s3-sink", "dynamo-sink"])
+def test_sink_start_up_error_is_one_line_with_no_dependency_warnings(command):
+    # Nothing listens on port 1: the AWS check fails, and that failure is all the user sees.
+    env = cli_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "AWS_ENDPOINT_URL": "http://127.0.0.1:1"})
+    result = run_cli([command], env, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"crypto-live {command}: ")
