@@ -7,6 +7,7 @@ the way a throttled or unreachable service does.
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import botocore.exceptions
@@ -43,21 +44,32 @@ class FakeDynamo:
     requests to leave unprocessed (an int) or which exception to raise; afterwards
     every call succeeds."""
 
-    def __init__(self, script=()):
+    def __init__(self, script=(), barrier: threading.Barrier | None = None):
         self.meta = SimpleNamespace(region_name="ap-southeast-1")
         self.rows: dict[tuple[str, str], dict] = {}
         self.calls: list[int] = []
         self._script = list(script)
+        self._barrier = barrier  # when set, each call waits for the others to arrive
+        self._lock = threading.Lock()  # the sink calls from several threads
+        self.failing_symbols: dict[str, Exception] = {}  # requests starting with this symbol fail
 
     def batch_write_item(self, RequestItems):
         ((table, requests),) = RequestItems.items()
         assert table == TABLE
+        if self._barrier is not None:
+            self._barrier.wait()
+        with self._lock:
+            return self._apply(table, requests)
+
+    def _apply(self, table, requests):
         self.calls.append(len(requests))
         if len(requests) > 25:
             raise client_error("ValidationException")
         keys = [item_key(r["PutRequest"]["Item"]) for r in requests]
         if len(set(keys)) != len(keys):
             raise client_error("ValidationException")  # "Provided list of item keys contains duplicates"
+        if requests[0]["PutRequest"]["Item"]["symbol"]["S"] in self.failing_symbols:
+            raise self.failing_symbols[requests[0]["PutRequest"]["Item"]["symbol"]["S"]]
         step = self._script.pop(0) if self._script else 0
         if isinstance(step, Exception):
             raise step
@@ -75,7 +87,8 @@ def make_sink(client: FakeDynamo, sleeps: list[float], **options) -> DynamoTable
 def test_unprocessed_items_are_retried_with_backoff_until_all_are_written():
     client = FakeDynamo(script=[10, 4, 1])  # the first chunk comes back partly unprocessed three times
     sleeps: list[float] = []
-    sink = make_sink(client, sleeps, retry_base=0.05, retry_cap=2.0)
+    # One writer: the two requests of this batch go out in order, so the script is theirs.
+    sink = make_sink(client, sleeps, retry_base=0.05, retry_cap=2.0, writers=1)
     events = [event("BTCUSDT", n) for n in range(40)]
 
     sink.write(batch_of(events))
@@ -147,3 +160,39 @@ def test_duplicate_keys_in_one_batch_are_written_once_with_the_last_values():
     sink.write(batch_of(events))
     assert client.calls == [2]
     assert client.rows[("BTCUSDT", "1700000000001")]["close"] == {"N": "2.5"}
+
+
+def test_the_requests_of_one_batch_are_written_concurrently():
+    # Four requests (100 rows): each call waits at the barrier until all four have
+    # arrived, so the batch completes only if the sink has them in flight together.
+    client = FakeDynamo(barrier=threading.Barrier(4, timeout=10))
+    sink = make_sink(client, [], writers=4)
+    events = [event(f"SYM{n % 7}", n) for n in range(100)]
+    sink.write(batch_of(events))
+    assert sorted(client.calls) == [25, 25, 25, 25]
+    assert set(client.rows) == {item_key(to_item(e, 1)) for e in events}
+    assert sink.rows_written == 100
+
+
+def test_one_throttled_request_pauses_the_batch_and_the_replay_completes_it():
+    client = FakeDynamo()
+    client.failing_symbols["B"] = client_error("ThrottlingException")
+    sink = make_sink(client, [], writers=4)
+    events = [event("A", n) for n in range(25)] + [event("B", n) for n in range(25)] + \
+        [event("C", n) for n in range(25)]
+    with pytest.raises(SinkBackpressureError):
+        sink.write(batch_of(events))
+    assert sink.rows_written == 50  # A and C went through; B did not
+    del client.failing_symbols["B"]
+    sink.write(batch_of(events))  # Quix replays the whole batch from the committed offset
+    assert set(client.rows) == {item_key(to_item(e, 1)) for e in events}
+
+
+def test_an_error_waiting_cannot_fix_wins_over_backpressure_in_the_same_batch():
+    client = FakeDynamo()
+    client.failing_symbols["A"] = client_error("ThrottlingException")
+    client.failing_symbols["B"] = client_error("AccessDeniedException")
+    sink = make_sink(client, [], writers=4)
+    events = [event("A", n) for n in range(25)] + [event("B", n) for n in range(25)]
+    with pytest.raises(DynamoWriteError, match="AccessDeniedException"):
+        sink.write(batch_of(events))
