@@ -55,17 +55,6 @@ def stop(process: subprocess.Popen) -> int:
     return process.wait(60)
 
 
-def s3_rows(s3_client, bucket: str, keys: list[str]) -> int:
-    """Lines in every object: the events S3 holds (one per line)."""
-    import gzip
-
-    total = 0
-    for key in keys:
-        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        total += (gzip.decompress(body) if key.endswith(".gz") else body).count(b"\n")
-    return total
-
-
 def drain(name: str, key: str, expected: int, env: dict[str, str], logs: Path, observer) -> dict[str, float]:
     """Run one sink until its group has committed ``expected`` events; time it.
 
@@ -75,10 +64,9 @@ def drain(name: str, key: str, expected: int, env: dict[str, str], logs: Path, o
     started = time.monotonic()
     sink = start(name, env, logs)
     first_at = first_done = None
-    done, rss = 0, 0.0
+    done = 0
     moved_at = started
     while time.monotonic() - started < DRAIN_LIMIT_S:
-        rss = max(rss, peak_rss_mib(sink.pid))
         now, before, done = time.monotonic(), done, sum(observer.committed()[key].values())
         if done and first_at is None:
             first_at, first_done = now, done
@@ -90,6 +78,7 @@ def drain(name: str, key: str, expected: int, env: dict[str, str], logs: Path, o
             break  # short of expected and no longer moving: events are missing
         time.sleep(0.25)
     finished = time.monotonic()
+    rss = peak_rss_mib(sink.pid)  # the kernel's high-water mark: one reading covers the whole run
     code = stop(sink)
     rate = (done - first_done) / (finished - first_at) if first_at and finished > first_at else 0.0
     return {"rate": rate, "startup": (first_at or finished) - started, "rss": rss, "code": code, "done": done}
@@ -103,9 +92,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="how long the producer runs")
     args = parser.parse_args()
 
-    from crypto_live.cli import _silence_authlib_httpx_warning
-    _silence_authlib_httpx_warning()
-    from crypto_live import aws as crypto_aws
+    from crypto_live.cli import silence_authlib_httpx_warning
+    silence_authlib_httpx_warning()
     from crypto_live.embedded import EmbeddedAws, EmbeddedBroker, emulator_environment
     from crypto_live.local import Observer
     from crypto_live.provision import provision_aws, provision_kafka
@@ -158,7 +146,7 @@ def main() -> int:
             results.append((f"{name} peak RSS MiB", f"{run['rss']:,.0f}", run["rss"] <= TARGET_RSS_MIB))
             results.append((f"{name} exit code / events committed", f"{run['code']} / {run['done']:,}",
                             run["code"] == 0 and run["done"] >= expected))
-        in_s3 = s3_rows(crypto_aws.client(s3_s.aws, "s3"), s3_s.bucket, observer.s3_keys())
+        in_s3 = observer.s3_rows()
         rows = observer.dynamo_rows()
         results.append(("events in topic / S3 rows / DynamoDB rows", f"{expected:,} / {in_s3:,} / {rows:,}",
                         in_s3 == expected == rows))

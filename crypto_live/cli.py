@@ -39,7 +39,9 @@ class CommandError(Exception):
         self.code = code
 
 
-def _env_epilog(settings_classes: Sequence[type]) -> str:
+def _env_epilog(settings_classes: Sequence[type], extra: Sequence[tuple[str, str]] = ()) -> str:
+    """The "environment variables" block of a --help: the settings' variables, then
+    ``extra`` (name, help) pairs a command reads outside the settings objects."""
     seen: dict[str, str] = {}
     for cls in settings_classes:
         for spec in variables(cls):
@@ -49,6 +51,8 @@ def _env_epilog(settings_classes: Sequence[type]) -> str:
             elif spec.derive is not None:
                 default = "derived"
             seen.setdefault(spec.env, f"  {spec.env:<32} {spec.help} [default: {default!s}]")
+    for name, text in extra:
+        seen.setdefault(name, f"  {name:<32} {text}")
     return "environment variables:\n" + "\n".join(seen.values())
 
 
@@ -78,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start what is not configured (Tansu broker unless KAFKA_BOOTSTRAP_SERVERS is set, "
         "moto unless AWS_ENDPOINT_URL is set), provision topic, bucket, table and secret, and run "
         "producer, S3 sink and DynamoDB sink together until Ctrl-C.",
-        epilog=_env_epilog(list(SERVICES.values()))
-        + "\n  AWS_ENDPOINT_URL                 boto3's own endpoint override"
-        + "\n  CRYPTO_LIVE_LOG_DIR              where each service's log goes (default .crypto-live/logs)"
-        + "\n  LOG_LEVEL                        log verbosity (default INFO)",
+        epilog=_env_epilog(list(SERVICES.values()), extra=[
+            ("AWS_ENDPOINT_URL", "boto3's own endpoint override"),
+            ("CRYPTO_LIVE_LOG_DIR", "where each service's log goes (default .crypto-live/logs)"),
+            ("LOG_LEVEL", "log verbosity (default INFO)"),
+        ]),
     )
     run.add_argument("--simulate", action="store_true", help="read the built-in market simulator, not Binance")
     run.add_argument("--symbols", type=int, default=50, help="simulated symbol count (with --simulate)")
@@ -171,7 +176,7 @@ def config_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def _silence_authlib_httpx_warning() -> None:
+def silence_authlib_httpx_warning() -> None:
     """Hide authlib's import-time deprecation notice (pulled in by quixstreams).
 
     authlib.deprecate installs an "always" filter for its warning class when it is
@@ -193,7 +198,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    _silence_authlib_httpx_warning()
+    silence_authlib_httpx_warning()
     # boto's INFO lines ("Found credentials in environment variables.") are noise here.
     logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:

@@ -11,6 +11,7 @@ DynamoDB rows. Stopping is ordered so nothing read is left behind: the producer 
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 import signal
 import socket
@@ -154,6 +155,14 @@ class Observer:
         for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._s3_settings.bucket, Prefix=prefix):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
+
+    def s3_rows(self) -> int:
+        """Events held in S3: the lines of every object (gzip bodies decompressed)."""
+        total = 0
+        for key in self.s3_keys():
+            body = self._s3.get_object(Bucket=self._s3_settings.bucket, Key=key)["Body"].read()
+            total += (gzip.decompress(body) if key.endswith(".gz") else body).count(b"\n")
+        return total
 
     def dynamo_rows(self) -> int:
         total, kwargs = 0, {"TableName": self._dynamo_settings.table, "Select": "COUNT"}

@@ -13,13 +13,13 @@ import warnings
 
 import pytest
 
-from crypto_live.cli import _silence_authlib_httpx_warning
+from crypto_live.cli import silence_authlib_httpx_warning
 from crypto_live.embedded import EmbeddedAws, EmbeddedBroker, emulator_environment
 
 # quixstreams pulls in authlib, which warns about its own dependency when imported: import
 # it once here, with that warning off, so it does not show in every run's summary.
 with warnings.catch_warnings():
-    _silence_authlib_httpx_warning()
+    silence_authlib_httpx_warning()
     import quixstreams  # noqa: F401
 
 # The suite configures services through the environment; never let the developer's own

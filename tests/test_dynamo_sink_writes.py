@@ -68,8 +68,9 @@ class FakeDynamo:
         keys = [item_key(r["PutRequest"]["Item"]) for r in requests]
         if len(set(keys)) != len(keys):
             raise client_error("ValidationException")  # "Provided list of item keys contains duplicates"
-        if requests[0]["PutRequest"]["Item"]["symbol"]["S"] in self.failing_symbols:
-            raise self.failing_symbols[requests[0]["PutRequest"]["Item"]["symbol"]["S"]]
+        failure = self.failing_symbols.get(requests[0]["PutRequest"]["Item"]["symbol"]["S"])
+        if failure is not None:
+            raise failure
         step = self._script.pop(0) if self._script else 0
         if isinstance(step, Exception):
             raise step
