@@ -125,6 +125,22 @@ def test_symbol_subscriptions_over_several_connections_with_subscribe_frames(bro
     assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
 
 
+def test_subscribe_frames_are_paced_under_the_exchanges_message_limit(broker, kafka_env):
+    # The simulator, like Binance, closes a connection (1008) that sends more than five
+    # messages in a second. Eight SUBSCRIBE frames on one connection all get their answer
+    # and the connection is never closed only if the producer spaces them out.
+    with SimulatorThread(SimulatorOptions(symbols=12, interval=0.05)) as sim:
+        chosen = sim.symbols[:9]
+        settings = producer_settings(kafka_env, sim.url(), BINANCE_SYMBOLS=",".join(chosen))
+        plans = plan_connections(settings.websocket_url, settings.symbols, per_message=1)
+        assert [len(p.subscribe) for p in plans] == [8]
+        with ProducerThread(settings, plans) as producer:
+            wait_for(lambda: producer.stats.answers == 8, what="all eight SUBSCRIBE answers")
+            wait_for(lambda: {e["s"] for e in sim.sent_events[-60:]} == set(chosen), what="all nine symbols")
+        assert producer.stats.connections == 1
+    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+
+
 def test_connections_are_renewed_before_their_maximum_age_without_losing_events(broker, kafka_env):
     with SimulatorThread(SimulatorOptions(symbols=10, interval=0.05)) as sim:
         settings = producer_settings(kafka_env, sim.url(), PRODUCER_MAX_CONNECTION_AGE="0.6")
