@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from crypto_live.dead_letter import original_bytes
 from crypto_live.embedded import free_port
+from crypto_live.event import MiniTicker, validate
 from crypto_live.kafka import ensure_topics
 from crypto_live.settings import ProducerSettings, load
 from crypto_live.simulator import JUNK_FRAMES, SimulatorOptions, SimulatorThread
@@ -204,3 +205,32 @@ def test_existing_topics_are_left_as_they_are(broker, kafka_env):
             wait_for(lambda: producer.stats.published >= 20, what="events published")
     assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 1
     assert_exactly_once(sim, broker, topic)
+
+
+def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafka_env):
+    # librdkafka's queue holds 5 messages here; 300 events overrun it many times over.
+    settings = producer_settings(kafka_env, "ws://127.0.0.1:1/ws/x")
+    ensure_topics(settings.kafka, timeout=10)
+    events = []
+    for n in range(300):
+        event = validate({"e": "24hrMiniTicker", "E": 1700000000000 + n, "s": f"SYM{n % 7}", "c": "1.5",
+                          "o": "1.0", "h": "2.0", "l": "0.5", "v": "10", "q": "15"})
+        assert isinstance(event, MiniTicker)
+        events.append(event)
+
+    async def publish_all() -> tuple[int, Stats]:
+        stats = Stats()
+        publisher = Publisher(settings.kafka, stats, config={"queue.buffering.max.messages": 5})
+        serving = asyncio.create_task(publisher.serve())
+        try:
+            for event in events:
+                await publisher.publish(event)
+            return await publisher.flush(15), stats
+        finally:
+            serving.cancel()
+
+    left, stats = asyncio.run(publish_all())
+    assert stats.queue_full > 0, "the queue never filled: the test did not test anything"
+    assert left == 0 and stats.delivery_failures == 0
+    got = event_keys(broker, settings.kafka.topic)
+    assert sorted(got) == sorted((e.symbol, e.event_time) for e in events)
