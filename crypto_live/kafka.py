@@ -73,8 +73,10 @@ def ensure_topics(kafka: KafkaSettings, *, timeout: float = 60.0) -> list[str]:
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
-         for s in missing],
+        [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
+            for s in missing
+        ],
         operation_timeout=max(1.0, deadline - time.monotonic()),
     )
     created = []

@@ -57,7 +57,8 @@ def choose_source(environ: Mapping[str, str], simulate: bool, live_reachable: Ca
     if live_reachable(LIVE_URL):
         return SourceChoice("live", LIVE_URL, f"reading live Binance data ({redact_url(LIVE_URL)})")
     return SourceChoice(
-        "simulator", None,
+        "simulator",
+        None,
         f"Binance ({redact_url(LIVE_URL)}) cannot be reached from this machine: "
         "falling back to the built-in market simulator",
     )
@@ -89,8 +90,10 @@ def format_status(now: Snapshot, before: Snapshot | None) -> str:
     if before is not None and now.at > before.at:
         rate = (now.events_in - before.events_in) / (now.at - before.at)
     lag = " ".join(f"{name} {value:,}" for name, value in now.lag.items())
-    return (f"events in {now.events_in:,} ({rate:,.0f}/s) | S3 objects {now.s3_objects:,} | "
-            f"DynamoDB rows {now.dynamo_rows:,} | dead letters {now.dead_letters:,} | lag {lag}")
+    return (
+        f"events in {now.events_in:,} ({rate:,.0f}/s) | S3 objects {now.s3_objects:,} | "
+        f"DynamoDB rows {now.dynamo_rows:,} | dead letters {now.dead_letters:,} | lag {lag}"
+    )
 
 
 # ------------------------------------------------------------------ observation
@@ -107,8 +110,9 @@ class Observer:
         self._s3_settings, self._dynamo_settings = s3, dynamo
         self._kafka = s3.kafka
         self._consumers = {
-            name: Consumer({"bootstrap.servers": self._kafka.bootstrap_servers, "group.id": group,
-                            "enable.auto.commit": False})
+            name: Consumer(
+                {"bootstrap.servers": self._kafka.bootstrap_servers, "group.id": group, "enable.auto.commit": False}
+            )
             for name, group in (("s3", s3.consumer_group), ("dynamo", dynamo.consumer_group))
         }
         self._s3 = aws.client(s3.aws, "s3")
@@ -127,8 +131,10 @@ class Observer:
 
         partitions = list(self._end_offsets(self._kafka.topic))
         return {
-            name: {tp.partition: max(tp.offset, 0) for tp in consumer.committed(
-                [TopicPartition(self._kafka.topic, p) for p in partitions], timeout=5)}
+            name: {
+                tp.partition: max(tp.offset, 0)
+                for tp in consumer.committed([TopicPartition(self._kafka.topic, p) for p in partitions], timeout=5)
+            }
             for name, consumer in self._consumers.items()
         }
 
@@ -186,8 +192,12 @@ class Observer:
 
     def sample_row(self, symbol: str) -> dict | None:
         page = self._dynamo.query(
-            TableName=self._dynamo_settings.table, KeyConditionExpression="symbol = :s",
-            ExpressionAttributeValues={":s": {"S": symbol}}, ScanIndexForward=False, Limit=1)
+            TableName=self._dynamo_settings.table,
+            KeyConditionExpression="symbol = :s",
+            ExpressionAttributeValues={":s": {"S": symbol}},
+            ScanIndexForward=False,
+            Limit=1,
+        )
         return page["Items"][0] if page["Items"] else None
 
     def close(self) -> None:
@@ -283,13 +293,18 @@ def _start_simulator(stack: ExitStack, symbols: int) -> str:
 def _start_service(name: str, env: Mapping[str, str], log_dir: Path) -> subprocess.Popen:
     log_file = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
     return subprocess.Popen(
-        [sys.executable, "-m", "crypto_live.cli", name], env=dict(env), stdin=subprocess.DEVNULL,
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "crypto_live.cli", name],
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
-def _watch(children: dict[str, subprocess.Popen], observer: Observer, stop: threading.Event,
-           duration: float | None) -> str | None:
+def _watch(
+    children: dict[str, subprocess.Popen], observer: Observer, stop: threading.Event, duration: float | None
+) -> str | None:
     """Show status until asked to stop; the name of a child that died on its own, if any."""
     deadline = None if duration is None else time.monotonic() + duration
     interactive = sys.stdout.isatty()
@@ -359,8 +374,9 @@ def _stop_in_order(children: dict[str, subprocess.Popen], observer: Observer, qu
     return 0
 
 
-def _print_summary(observer: Observer, s3: S3SinkSettings, dynamo: DynamoSinkSettings, env: Mapping[str, str],
-                   embedded_aws: bool) -> None:
+def _print_summary(
+    observer: Observer, s3: S3SinkSettings, dynamo: DynamoSinkSettings, env: Mapping[str, str], embedded_aws: bool
+) -> None:
     try:
         final = observer.snapshot()
         keys = observer.s3_keys()
@@ -373,9 +389,13 @@ def _print_summary(observer: Observer, s3: S3SinkSettings, dynamo: DynamoSinkSet
     print(f"S3: s3://{s3.bucket}/{s3.prefix}  e.g. {keys[0] if keys else '(no objects yet)'}")
     print(f"  aws{flag} s3 ls s3://{s3.bucket}/{s3.prefix}/ --recursive")
     print(f"DynamoDB: table {dynamo.table}")
-    print(f"  aws{flag} dynamodb query --table-name {dynamo.table} "
-          "--key-condition-expression 'symbol = :s' "
-          "--expression-attribute-values '{\":s\":{\"S\":\"BTCUSDT\"}}'")
+    print(
+        f"  aws{flag} dynamodb query --table-name {dynamo.table} "
+        "--key-condition-expression 'symbol = :s' "
+        '--expression-attribute-values \'{":s":{"S":"BTCUSDT"}}\''
+    )
     if embedded_aws:
-        print("(the embedded AWS emulator keeps data in memory only and stopped with this command; "
-              "set AWS_ENDPOINT_URL to keep the output)")
+        print(
+            "(the embedded AWS emulator keeps data in memory only and stopped with this command; "
+            "set AWS_ENDPOINT_URL to keep the output)"
+        )

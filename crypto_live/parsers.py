@@ -119,10 +119,7 @@ def group_id(raw: str) -> str:
 
 def bucket_name(raw: str) -> str:
     """An S3 general-purpose bucket name (the naming rules AWS enforces)."""
-    expected = (
-        "an S3 bucket name: 3-63 lowercase letters, digits, '.', '-', "
-        "starting and ending with a letter or digit"
-    )
+    expected = "an S3 bucket name: 3-63 lowercase letters, digits, '.', '-', starting and ending with a letter or digit"
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", raw) or ".." in raw:
         raise ValueError(expected)
     if ".-" in raw or "-." in raw:

@@ -60,8 +60,9 @@ def ensure_secret(aws_settings: AwsSettings, name: str, websocket_url: str) -> b
     except botocore.exceptions.ClientError as exc:
         if _error_code(exc) != "ResourceNotFoundException":
             raise
-    secrets.create_secret(Name=name, SecretString=websocket_url,
-                          Description="Binance websocket URL read by crypto-live producer")
+    secrets.create_secret(
+        Name=name, SecretString=websocket_url, Description="Binance websocket URL read by crypto-live producer"
+    )
     log.info("created secret %s", name)
     return True
 
@@ -78,8 +79,9 @@ def provision_kafka(kafka: KafkaSettings) -> list[str]:
     return ensure_topics(kafka)
 
 
-def provision_aws(producer: ProducerSettings, s3: S3SinkSettings, dynamo: DynamoSinkSettings,
-                  websocket_url: str) -> None:
+def provision_aws(
+    producer: ProducerSettings, s3: S3SinkSettings, dynamo: DynamoSinkSettings, websocket_url: str
+) -> None:
     ensure_bucket(s3.aws, s3.bucket)
     ensure_table(dynamo)
     ensure_secret(producer.aws, producer.websocket_secret, websocket_url)

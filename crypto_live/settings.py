@@ -84,9 +84,7 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
     return cls(**values)
 
 
-def _raw_value(
-    spec: Var, environ: Mapping[str, str], values: dict[str, Any]
-) -> tuple[str, str | None]:
+def _raw_value(spec: Var, environ: Mapping[str, str], values: dict[str, Any]) -> tuple[str, str | None]:
     """(variable the value came from, raw string or None) — errors name that variable."""
     raw = environ.get(spec.env)
     if raw is not None and (raw.strip() or not spec.empty_is_unset):
@@ -133,7 +131,9 @@ class AwsSettings:
     """How boto3 authenticates; endpoints come from boto3's own AWS_ENDPOINT_URL[_<SERVICE>]."""
 
     profile: str = var(
-        "PIPELINE_IAM_USER", "", p.text,
+        "PIPELINE_IAM_USER",
+        "",
+        p.text,
         "boto3 profile to use; empty uses the default credential chain (ECS task role).",
         empty_is_unset=False,
     )
@@ -145,12 +145,16 @@ class KafkaSettings:
     """Where the bus is and how its topics look when this service has to create them."""
 
     bootstrap_servers: str = var(
-        "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", p.bootstrap_servers,
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "localhost:9092",
+        p.bootstrap_servers,
         "Comma-separated host:port list of Kafka brokers.",
     )
     topic: str = var("KAFKA_TOPIC", "binance.miniticker", p.topic_name, "Topic holding the raw miniTicker events.")
     dlq_topic: str = var(
-        "KAFKA_DLQ_TOPIC", None, p.topic_name,
+        "KAFKA_DLQ_TOPIC",
+        None,
+        p.topic_name,
         "Dead-letter topic for frames and messages that are not valid events (default <KAFKA_TOPIC>.dlq).",
         derive=lambda v: f"{v['topic']}.dlq",
     )
@@ -161,15 +165,21 @@ class KafkaSettings:
         "KAFKA_TOPIC_REPLICATION_FACTOR", "1", p.whole(1, 32), "Replication factor used when a topic has to be created."
     )
     retention_ms: int = var(
-        "KAFKA_TOPIC_RETENTION_MS", "604800000", p.retention,
+        "KAFKA_TOPIC_RETENTION_MS",
+        "604800000",
+        p.retention,
         "retention.ms used when a topic has to be created (-1 keeps forever; default 7 days).",
     )
     retention_bytes: int = var(
-        "KAFKA_TOPIC_RETENTION_BYTES", "-1", p.retention,
+        "KAFKA_TOPIC_RETENTION_BYTES",
+        "-1",
+        p.retention,
         "retention.bytes per partition used when a topic has to be created (-1 = no size limit).",
     )
     session_timeout_ms: int = var(
-        "KAFKA_SESSION_TIMEOUT_MS", "45000", p.whole(1000, 3_600_000),
+        "KAFKA_SESSION_TIMEOUT_MS",
+        "45000",
+        p.whole(1000, 3_600_000),
         "Consumer group session timeout in ms (sinks only).",
     )
 
@@ -184,36 +194,47 @@ class ProducerSettings:
     aws: AwsSettings = group(AwsSettings)
     kafka: KafkaSettings = group(KafkaSettings)
     websocket_url: str | None = var(
-        "BINANCE_WEBSOCKET_URL", None, p.websocket_url,
-        "Websocket URL to read; when set it overrides the secret (local runs).", secret=True,
+        "BINANCE_WEBSOCKET_URL",
+        None,
+        p.websocket_url,
+        "Websocket URL to read; when set it overrides the secret (local runs).",
+        secret=True,
     )
     websocket_secret: str = var(
-        "BINANCE_WEBSOCKET_SECRET", "crypto-live.binance_ws", p.secret_name,
-        "Secrets Manager secret holding the websocket URL (the URL itself or JSON {\"url\": ...}).",
+        "BINANCE_WEBSOCKET_SECRET",
+        "crypto-live.binance_ws",
+        p.secret_name,
+        'Secrets Manager secret holding the websocket URL (the URL itself or JSON {"url": ...}).',
     )
     symbols: tuple[str, ...] = var(
-        "BINANCE_SYMBOLS", "", p.symbols,
+        "BINANCE_SYMBOLS",
+        "",
+        p.symbols,
         "Comma-separated symbols to subscribe to (<symbol>@miniTicker); empty = all-market !miniTicker@arr.",
         empty_is_unset=False,
     )
     stale_after: float = var(
-        "PRODUCER_STALE_AFTER", "30", p.seconds,
+        "PRODUCER_STALE_AFTER",
+        "30",
+        p.seconds,
         "Reconnect when no data arrived for this many seconds (the stream updates every second).",
     )
     max_connection_age: float = var(
-        "PRODUCER_MAX_CONNECTION_AGE", "82800", p.seconds,
+        "PRODUCER_MAX_CONNECTION_AGE",
+        "82800",
+        p.seconds,
         "Reconnect on our own schedule after this many seconds (Binance cuts connections at 24 h).",
     )
     reconnect_max_delay: float = var(
         "PRODUCER_RECONNECT_MAX_DELAY", "60", p.seconds, "Cap of the exponential reconnect backoff, in seconds."
     )
     shutdown_timeout: float = var(
-        "PRODUCER_SHUTDOWN_TIMEOUT", "25", p.seconds,
+        "PRODUCER_SHUTDOWN_TIMEOUT",
+        "25",
+        p.seconds,
         "Seconds to flush in-flight messages on SIGTERM (fits ECS's 30 s stop window).",
     )
-    stats_interval: float = var(
-        "PRODUCER_STATS_INTERVAL", "60", p.seconds, "Seconds between the counters log line."
-    )
+    stats_interval: float = var("PRODUCER_STATS_INTERVAL", "60", p.seconds, "Seconds between the counters log line.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,11 +245,16 @@ class S3SinkSettings:
     kafka: KafkaSettings = group(KafkaSettings)
     bucket: str = var("S3_BUCKET", "crypto-live-bucket", p.bucket_name, "S3 bucket receiving the JSONL objects.")
     prefix: str = var(
-        "S3_JSONL_DIR_PATH", "batch_jsonl", p.s3_prefix, "Key prefix (directory) inside S3_BUCKET.",
+        "S3_JSONL_DIR_PATH",
+        "batch_jsonl",
+        p.s3_prefix,
+        "Key prefix (directory) inside S3_BUCKET.",
         empty_is_unset=False,
     )
     max_batch_size: int = var(
-        "MAX_BATCH_SIZE", "1000", p.whole(1, 1_000_000),
+        "MAX_BATCH_SIZE",
+        "1000",
+        p.whole(1, 1_000_000),
         "Rows per JSONL object at most; a full batch is written at once.",
     )
     max_batch_timeout: float = var(
@@ -249,16 +275,23 @@ class DynamoSinkSettings:
         "RETENTION_TTL_DAYS", "1", p.whole(1, 36_500), "Days a row lives: ttl = event time + this many days."
     )
     max_batch_size: int = var(
-        "DYNAMO_MAX_BATCH_SIZE", "1000", p.whole(1, 1_000_000),
-        "Events per flush at most (defaults to MAX_BATCH_SIZE).", fallback="MAX_BATCH_SIZE",
+        "DYNAMO_MAX_BATCH_SIZE",
+        "1000",
+        p.whole(1, 1_000_000),
+        "Events per flush at most (defaults to MAX_BATCH_SIZE).",
+        fallback="MAX_BATCH_SIZE",
     )
     max_batch_timeout: float = var(
-        "DYNAMO_MAX_BATCH_TIMEOUT", "10", p.seconds,
+        "DYNAMO_MAX_BATCH_TIMEOUT",
+        "10",
+        p.seconds,
         "Seconds an event waits at most before it is written (defaults to MAX_BATCH_TIMEOUT).",
         fallback="MAX_BATCH_TIMEOUT",
     )
     create_table: bool = var(
-        "DYNAMO_CREATE_TABLE", "false", p.boolean,
+        "DYNAMO_CREATE_TABLE",
+        "false",
+        p.boolean,
         "Create the table (on-demand, TTL on `ttl`) when missing; for local runs only.",
     )
     consumer_group: str = var(

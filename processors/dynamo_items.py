@@ -117,7 +117,7 @@ def last_per_key(items: Iterable[Item]) -> list[Item]:
 def put_batches(items: Iterable[Item], size: int = MAX_BATCH_WRITE) -> list[list[dict[str, Any]]]:
     """Duplicate-free PutRequest lists of at most ``size`` for BatchWriteItem."""
     requests = [{"PutRequest": {"Item": item}} for item in last_per_key(items)]
-    return [requests[start:start + size] for start in range(0, len(requests), size)]
+    return [requests[start : start + size] for start in range(0, len(requests), size)]
 
 
 def backoff_ceiling(attempt: int, *, base: float, cap: float) -> float:

@@ -41,14 +41,16 @@ log = logging.getLogger(__name__)
 STAGE = "dynamo-sink"
 
 # Error codes that mean "not now" rather than "never": worth a pause and a replay.
-TRANSIENT_ERROR_CODES = frozenset({
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "LimitExceededException",
-})
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "LimitExceededException",
+    }
+)
 #: Concurrent BatchWriteItem requests per batch; under botocore's 10 pooled connections.
 WRITERS = 8
 
@@ -178,7 +180,8 @@ class DynamoTableSink(BatchingSink):
     def _wait_until_active(self) -> dict[str, Any]:
         with self._fatal("waiting for the table to become ACTIVE"):
             self.client.get_waiter("table_exists").wait(
-                TableName=self.table, WaiterConfig={"Delay": 2, "MaxAttempts": 90})
+                TableName=self.table, WaiterConfig={"Delay": 2, "MaxAttempts": 90}
+            )
             return self.client.describe_table(TableName=self.table)["Table"]
 
     def _warn_if_rows_never_expire(self) -> None:
@@ -234,13 +237,18 @@ class DynamoTableSink(BatchingSink):
             if not pending:
                 return None
         return _NotNow(
-            f"{len(pending)} of {len(requests)} items still unprocessed after {self._unprocessed_retries} retries")
+            f"{len(pending)} of {len(requests)} items still unprocessed after {self._unprocessed_retries} retries"
+        )
 
     def _pause(self, why: str) -> SinkBackpressureError:
         retry_after = items.backoff_ceiling(self._backpressure_streak, **self._backpressure)
         self._backpressure_streak += 1
-        log.warning("%s is not taking writes (%s): pausing %.1f s, then replaying from the last committed offset",
-                    self._where(), why, retry_after)
+        log.warning(
+            "%s is not taking writes (%s): pausing %.1f s, then replaying from the last committed offset",
+            self._where(),
+            why,
+            retry_after,
+        )
         return SinkBackpressureError(retry_after=retry_after)
 
 
@@ -260,8 +268,11 @@ def _error_text(exc: botocore.exceptions.ClientError) -> str:
 
 def table_sink(settings: DynamoSinkSettings, **options: Any) -> DynamoTableSink:
     return DynamoTableSink(
-        aws.client(settings.aws, "dynamodb"), settings.table,
-        ttl_days=settings.retention_ttl_days, create_table=settings.create_table, **options,
+        aws.client(settings.aws, "dynamodb"),
+        settings.table,
+        ttl_days=settings.retention_ttl_days,
+        create_table=settings.create_table,
+        **options,
     )
 
 
@@ -277,9 +288,14 @@ def run(settings: DynamoSinkSettings) -> int:
     try:
         sink.setup()  # before Kafka: a wrong table is reported at once, alone
         app = application(settings, sink)
-        log.info("consuming %s as group %s into %s (batches of up to %d events or %.1f s)",
-                 settings.kafka.topic, settings.consumer_group, settings.table,
-                 settings.max_batch_size, settings.max_batch_timeout)
+        log.info(
+            "consuming %s as group %s into %s (batches of up to %d events or %.1f s)",
+            settings.kafka.topic,
+            settings.consumer_group,
+            settings.table,
+            settings.max_batch_size,
+            settings.max_batch_timeout,
+        )
         app.run()
     except (TableSetupError, DynamoWriteError, TopicSetupError) as exc:
         raise CommandError(str(exc)) from None

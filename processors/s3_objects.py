@@ -117,11 +117,13 @@ def batch_objects(
     for hour, rows in by_hour.items():  # dicts keep insertion order: first offsets ascend
         body = jsonl_body(event for _, event in rows)
         first_offset = rows[0][0]
-        objects.append(S3Object(
-            key=object_key(prefix, hour, topic, partition, first_offset, compression),
-            body=gzip_body(body) if compression == "gzip" else body,
-            content_type=GZIP_CONTENT_TYPE if compression == "gzip" else JSONL_CONTENT_TYPE,
-            rows=len(rows),
-            first_offset=first_offset,
-        ))
+        objects.append(
+            S3Object(
+                key=object_key(prefix, hour, topic, partition, first_offset, compression),
+                body=gzip_body(body) if compression == "gzip" else body,
+                content_type=GZIP_CONTENT_TYPE if compression == "gzip" else JSONL_CONTENT_TYPE,
+                rows=len(rows),
+                first_offset=first_offset,
+            )
+        )
     return objects

@@ -136,12 +136,16 @@ class S3JsonlSink(BatchingSink):
     def _setup_problem(self, exc: botocore.exceptions.ClientError) -> str:
         code = _error_code(exc)
         if code in _MISSING:
-            return (f"S3 bucket {self.bucket!r} does not exist {self._where()}: create it with the "
-                    "infrastructure code (or `crypto-live provision --aws` for a local stack)")
+            return (
+                f"S3 bucket {self.bucket!r} does not exist {self._where()}: create it with the "
+                "infrastructure code (or `crypto-live provision --aws` for a local stack)"
+            )
         if code in _DENIED:
             keys = f"{self.prefix}/*" if self.prefix else "*"
-            return (f"access to S3 bucket {self.bucket!r} is denied {self._where()}: the sink needs "
-                    f"s3:ListBucket on the bucket and s3:PutObject on {keys}")
+            return (
+                f"access to S3 bucket {self.bucket!r} is denied {self._where()}: the sink needs "
+                f"s3:ListBucket on the bucket and s3:PutObject on {keys}"
+            )
         if code in {"301", "PermanentRedirect"}:
             actual = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region", "?")
             return f"S3 bucket {self.bucket!r} is in region {actual}, not REGION={self.client.meta.region_name}"
@@ -151,7 +155,10 @@ class S3JsonlSink(BatchingSink):
         """Put the batch's objects, or raise SinkBackpressureError so Quix replays the batch."""
         objects = batch_objects(
             ((item.offset, item.value) for item in batch),
-            prefix=self.prefix, topic=batch.topic, partition=batch.partition, compression=self.compression,
+            prefix=self.prefix,
+            topic=batch.topic,
+            partition=batch.partition,
+            compression=self.compression,
         )
         started = self._clock()
         for obj in objects:
@@ -172,8 +179,13 @@ class S3JsonlSink(BatchingSink):
         retry_after = backpressure_delay(self._streak, **self._backoff)
         self._streak += 1
         self.backpressures += 1
-        log.warning("S3 bucket %s did not take %s (%s): pausing %.1f s, then replaying from the last committed "
-                    "offset", self.bucket, key, why, retry_after)
+        log.warning(
+            "S3 bucket %s did not take %s (%s): pausing %.1f s, then replaying from the last committed offset",
+            self.bucket,
+            key,
+            why,
+            retry_after,
+        )
         return SinkBackpressureError(retry_after=retry_after)
 
 
@@ -190,8 +202,13 @@ def _error_text(exc: botocore.exceptions.ClientError) -> str:
 
 
 def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
-    return S3JsonlSink(aws.client(settings.aws, "s3", **CLIENT_OPTIONS), settings.bucket, settings.prefix,
-                       compression=settings.compression, **options)
+    return S3JsonlSink(
+        aws.client(settings.aws, "s3", **CLIENT_OPTIONS),
+        settings.bucket,
+        settings.prefix,
+        compression=settings.compression,
+        **options,
+    )
 
 
 def application(settings: S3SinkSettings, sink: S3JsonlSink, **options: Any) -> Application:
@@ -206,9 +223,16 @@ def run(settings: S3SinkSettings) -> int:
     try:
         sink.setup()  # before Kafka: a wrong bucket is reported at once, alone
         app = application(settings, sink)
-        log.info("consuming %s as group %s into s3://%s/%s (objects of up to %d events or %.1f s, compression %s)",
-                 settings.kafka.topic, settings.consumer_group, settings.bucket, settings.prefix,
-                 settings.max_batch_size, settings.max_batch_timeout, settings.compression)
+        log.info(
+            "consuming %s as group %s into s3://%s/%s (objects of up to %d events or %.1f s, compression %s)",
+            settings.kafka.topic,
+            settings.consumer_group,
+            settings.bucket,
+            settings.prefix,
+            settings.max_batch_size,
+            settings.max_batch_timeout,
+            settings.compression,
+        )
         app.run()
     except (BucketSetupError, TopicSetupError) as exc:
         raise CommandError(str(exc)) from None

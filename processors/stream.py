@@ -50,16 +50,22 @@ def check_message(
     ``reject`` lets a sink dead-letter valid events its destination cannot hold.
     """
     if raw is None:
-        return Checked(dead_letter=dead_letter.dead_letter(
-            "message has no value", b"", stage=stage, topic=topic, partition=partition, offset=offset))
+        return Checked(
+            dead_letter=dead_letter.dead_letter(
+                "message has no value", b"", stage=stage, topic=topic, partition=partition, offset=offset
+            )
+        )
     result = decode(raw)
     if isinstance(result, Invalid):
         reason: str | None = result.reason
     else:
         reason = reject(result.fields) if reject is not None else None
     if reason is not None:
-        return Checked(dead_letter=dead_letter.dead_letter(
-            reason, raw, stage=stage, topic=topic, partition=partition, offset=offset))
+        return Checked(
+            dead_letter=dead_letter.dead_letter(
+                reason, raw, stage=stage, topic=topic, partition=partition, offset=offset
+            )
+        )
     return Checked(event=result.fields)
 
 
@@ -124,14 +130,19 @@ def build_application(
 
     def check(raw: bytes | None) -> Checked:
         ctx = message_context()
-        return check_message(raw, stage=plan.stage, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset,
-                             reject=reject)
+        return check_message(
+            raw, stage=plan.stage, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset, reject=reject
+        )
 
     def to_dead_letter(checked: Checked) -> bytes:
         assert checked.dead_letter is not None
-        log.warning("dead-lettered %s[%s]@%s: %s", checked.dead_letter["source"]["topic"],
-                    checked.dead_letter["source"]["partition"], checked.dead_letter["source"]["offset"],
-                    checked.dead_letter["reason"])
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s",
+            checked.dead_letter["source"]["topic"],
+            checked.dead_letter["source"]["partition"],
+            checked.dead_letter["source"]["offset"],
+            checked.dead_letter["reason"],
+        )
         if on_dead_letter is not None:
             on_dead_letter(checked.dead_letter)
         return dead_letter.encode(checked.dead_letter)

@@ -49,7 +49,7 @@ class ProducerThread:
     def _run(self) -> None:
         try:
             self.exit_code = asyncio.run(self.service.main(install_signal_handlers=False))
-        except BaseException as exc:  # surfaced by stop()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
             self.error = exc
 
     def __enter__(self) -> ProducerThread:

@@ -110,11 +110,13 @@ class Publisher:
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
-        return Producer({
-            **self._config,
-            "error_cb": self._on_error,
-            "logger": logging.getLogger("producer.librdkafka"),
-        })
+        return Producer(
+            {
+                **self._config,
+                "error_cb": self._on_error,
+                "logger": logging.getLogger("producer.librdkafka"),
+            }
+        )
 
     @property
     def in_flight(self) -> int:
@@ -145,9 +147,12 @@ class Publisher:
                 await self._open.wait()
             try:
                 self._producer.produce(
-                    topic, value, key,
+                    topic,
+                    value,
+                    key,
                     on_delivery=functools.partial(self._on_delivery, timestamp, headers),
-                    timestamp=timestamp or 0, headers=headers,
+                    timestamp=timestamp or 0,
+                    headers=headers,
                 )
                 return
             except BufferError:

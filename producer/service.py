@@ -124,8 +124,10 @@ class ProducerService:
         self._readers = [Reader(plan, self) for plan in self.plans]
         log.info(
             "producer starting: %s -> topic %s (dead letters: %s) at %s",
-            ", ".join(plan.label for plan in self.plans), self.settings.kafka.topic,
-            self.settings.kafka.dlq_topic, self.settings.kafka.bootstrap_servers,
+            ", ".join(plan.label for plan in self.plans),
+            self.settings.kafka.topic,
+            self.settings.kafka.dlq_topic,
+            self.settings.kafka.bootstrap_servers,
         )
         background = [
             asyncio.create_task(keeper.run(), name="topic-keeper"),
@@ -247,8 +249,12 @@ class Reader:
         while not service.stopping:
             wait = service.budget.wait_time(loop.time())
             if wait > 0:
-                log.warning("%d connection attempts in %.0f s: waiting %.0f s to stay under Binance's limit",
-                            service.budget.used(loop.time()), service.budget.window, wait)
+                log.warning(
+                    "%d connection attempts in %.0f s: waiting %.0f s to stay under Binance's limit",
+                    service.budget.used(loop.time()),
+                    service.budget.window,
+                    wait,
+                )
                 if await service.sleep(wait):
                     break
             service.budget.record(loop.time())
@@ -264,8 +270,12 @@ class Reader:
     async def _connect_and_read(self) -> Leaving:
         try:
             async with connect(
-                self.plan.url, open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT,
-                ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, max_size=MAX_FRAME_BYTES,
+                self.plan.url,
+                open_timeout=OPEN_TIMEOUT,
+                close_timeout=CLOSE_TIMEOUT,
+                ping_interval=PING_INTERVAL,
+                ping_timeout=PING_TIMEOUT,
+                max_size=MAX_FRAME_BYTES,
                 logger=_WEBSOCKET_LOG,
             ) as ws:
                 self._ws, self._closing = ws, None

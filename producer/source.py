@@ -78,10 +78,10 @@ def plan_connections(
     streams = [stream_name(symbol) for symbol in symbols]
     plans = []
     for start in range(0, len(streams), max_streams):
-        chunk = streams[start:start + max_streams]
+        chunk = streams[start : start + max_streams]
         in_url, rest = chunk[:per_message], chunk[per_message:]
         frames = tuple(
-            subscribe_frame(rest[i:i + per_message], request_id=n)
+            subscribe_frame(rest[i : i + per_message], request_id=n)
             for n, i in enumerate(range(0, len(rest), per_message), start=1)
         )
         plans.append(ConnectionPlan(combined_url(url, in_url), frames, tuple(chunk)))
@@ -98,8 +98,7 @@ def combined_url(url: str, streams: list[str]) -> str:
             break
     else:
         raise CommandError(
-            "BINANCE_SYMBOLS needs a websocket URL whose path contains /ws or /stream "
-            f"(got {parsers.redact_url(url)})"
+            f"BINANCE_SYMBOLS needs a websocket URL whose path contains /ws or /stream (got {parsers.redact_url(url)})"
         )
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "streams"]
     query.append(("streams", "/".join(streams)))

@@ -26,20 +26,23 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float 
         time.sleep(interval)
 
 
-def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeout: float = 30.0,
-               idle: float = 1.0) -> list:
+def read_topic(
+    bootstrap: str, topic: str, *, expected: int | None = None, timeout: float = 30.0, idle: float = 1.0
+) -> list:
     """Every message of ``topic`` from the beginning, across partitions.
 
     Stops when ``expected`` messages were read, or when nothing new arrived for ``idle``
     seconds after the end of every partition was reached (when ``expected`` is None).
     """
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"reader-{time.monotonic_ns()}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "enable.partition.eof": True,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = list(metadata.topics[topic].partitions)
@@ -79,12 +82,19 @@ def start_cli(args: list[str], env: Mapping[str, str], **kwargs) -> subprocess.P
     """Start ``crypto-live ARGS`` as a child process (stdout and stderr captured as text)."""
     return subprocess.Popen(
         [sys.executable, "-m", "crypto_live.cli", *args],
-        env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
     )
 
 
 def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "crypto_live.cli", *args],
-        env=dict(env), capture_output=True, text=True, timeout=timeout,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -66,8 +66,11 @@ def test_redpanda_init_creates_the_topics_the_services_expect():
 
 
 def _localize(value: str, broker: str, aws: str, simulator_port: int) -> str:
-    return (value.replace("redpanda:9092", broker).replace("http://aws:5000", aws)
-            .replace("simulator:8765", f"127.0.0.1:{simulator_port}"))
+    return (
+        value.replace("redpanda:9092", broker)
+        .replace("http://aws:5000", aws)
+        .replace("simulator:8765", f"127.0.0.1:{simulator_port}")
+    )
 
 
 @pytest.fixture
@@ -100,17 +103,26 @@ def test_compose_services_run_as_written_against_the_embedded_stack(private_stac
     s3 = boto3.client("s3", region_name=region)
     dynamo = boto3.client("dynamodb", region_name=region)
     secret = boto3.client("secretsmanager", region_name=region).get_secret_value(
-        SecretId=producer_env["BINANCE_WEBSOCKET_SECRET"])["SecretString"]
+        SecretId=producer_env["BINANCE_WEBSOCKET_SECRET"]
+    )["SecretString"]
     assert secret.startswith("wss://stream.binance.com")
 
-    processes = {name: start_cli(command(name), service_env(name)) for name in ("simulator", "producer",
-                                                                              "s3-sink", "dynamo-sink")}
+    processes = {
+        name: start_cli(command(name), service_env(name))
+        for name in ("simulator", "producer", "s3-sink", "dynamo-sink")
+    }
     try:
         bucket, table = producer_env["S3_BUCKET"], producer_env["DYNAMO_TABLE_NAME"]
-        wait_for(lambda: s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) > 0, timeout=90,
-                 what="an S3 object from the compose-configured s3-sink")
-        wait_for(lambda: dynamo.scan(TableName=table, Select="COUNT")["Count"] > 0, timeout=60,
-                 what="DynamoDB rows from the compose-configured dynamo-sink")
+        wait_for(
+            lambda: s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) > 0,
+            timeout=90,
+            what="an S3 object from the compose-configured s3-sink",
+        )
+        wait_for(
+            lambda: dynamo.scan(TableName=table, Select="COUNT")["Count"] > 0,
+            timeout=60,
+            what="DynamoDB rows from the compose-configured dynamo-sink",
+        )
         for name, process in processes.items():
             assert process.poll() is None, f"{name} exited: {process.communicate()[1][-2000:]}"
     finally:

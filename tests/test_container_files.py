@@ -25,7 +25,9 @@ def _tool(name: str) -> str:
 def test_compose_file_validates_against_the_compose_spec(compose_file):
     result = subprocess.run(
         [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / compose_file)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -35,12 +37,13 @@ def test_compose_spec_check_would_catch_a_broken_file(tmp_path):
     broken.write_text("services:\n  producer:\n    restart: sometimes\n    ports: 8080\n")
     result = subprocess.run(
         [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(broken)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
 
 
 def test_dockerfile_passes_hadolint():
-    result = subprocess.run([_tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([_tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,8 +11,17 @@ from boto3.dynamodb.types import TypeDeserializer
 from processors import dynamo_items as items
 from processors.stream import check_message
 
-EVENT = {"e": "24hrMiniTicker", "E": 1700000000123, "s": "BNBBTC", "c": "0.00250000", "o": "0.00000001",
-         "h": "123456789.12345678", "l": "0.0010", "v": "10000", "q": "18"}
+EVENT = {
+    "e": "24hrMiniTicker",
+    "E": 1700000000123,
+    "s": "BNBBTC",
+    "c": "0.00250000",
+    "o": "0.00000001",
+    "h": "123456789.12345678",
+    "l": "0.0010",
+    "v": "10000",
+    "q": "18",
+}
 
 
 def test_item_carries_binance_decimals_exactly_and_ttl_from_event_time():
@@ -52,11 +61,14 @@ def test_more_than_38_digits_of_trailing_zeros_are_trimmed_to_the_same_number():
     assert items.dynamo_number("1" + "0" * 125) == "1E+125"
 
 
-@pytest.mark.parametrize("text, words", [
-    ("1." + "1" * 38, "39 significant digits"),
-    ("1" + "0" * 126, "outside DynamoDB's number range"),
-    ("0." + "0" * 130 + "1", "outside DynamoDB's number range"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("1." + "1" * 38, "39 significant digits"),
+        ("1" + "0" * 126, "outside DynamoDB's number range"),
+        ("0." + "0" * 130 + "1", "outside DynamoDB's number range"),
+    ],
+)
 def test_numbers_dynamodb_cannot_hold_are_refused(text, words):
     with pytest.raises(ValueError, match=words):
         items.dynamo_number(text)
@@ -69,8 +81,10 @@ def test_an_event_dynamodb_cannot_hold_is_dead_lettered_naming_the_field():
     assert checked.dead_letter["reason"].startswith("field 'q' (total traded quote asset volume) '1.222")
     assert "41 significant digits" in checked.dead_letter["reason"]
     assert items.item_problem(EVENT) is None
-    assert check_message(orjson.dumps(EVENT), stage="s", topic="t", partition=0, offset=0,
-                         reject=items.item_problem).event == EVENT
+    assert (
+        check_message(orjson.dumps(EVENT), stage="s", topic="t", partition=0, offset=0, reject=items.item_problem).event
+        == EVENT
+    )
 
 
 def test_duplicate_keys_collapse_to_the_last_occurrence():
@@ -98,9 +112,11 @@ def test_backoff_is_exponential_capped_and_fully_jittered():
 
 
 def _described(keys, types, status="ACTIVE"):
-    return {"TableStatus": status,
-            "KeySchema": [{"AttributeName": n, "KeyType": r} for n, r in keys],
-            "AttributeDefinitions": [{"AttributeName": n, "AttributeType": t} for n, t in types.items()]}
+    return {
+        "TableStatus": status,
+        "KeySchema": [{"AttributeName": n, "KeyType": r} for n, r in keys],
+        "AttributeDefinitions": [{"AttributeName": n, "AttributeType": t} for n, t in types.items()],
+    }
 
 
 def test_table_problems_name_what_differs_from_the_contract():
@@ -116,8 +132,10 @@ def test_table_problems_name_what_differs_from_the_contract():
     ) == ["sort key is 'event_time' (S), expected 'event_time' (N)"]
     assert items.table_problems(
         _described([("event_time", "HASH"), ("symbol", "RANGE")], {"symbol": "S", "event_time": "N"})
-    ) == ["partition key is 'event_time' (N), expected 'symbol' (S)",
-          "sort key is 'symbol' (S), expected 'event_time' (N)"]
+    ) == [
+        "partition key is 'event_time' (N), expected 'symbol' (S)",
+        "sort key is 'symbol' (S), expected 'event_time' (N)",
+    ]
     assert items.table_problems({**good, "TableStatus": "DELETING"}) == ["is DELETING"]
 
 

@@ -30,8 +30,18 @@ TTL_DAYS = 2
 
 
 def event(symbol: str, n: int, **fields: str) -> dict:
-    return {"e": "24hrMiniTicker", "E": 1700000000000 + n * 1000, "s": symbol, "c": f"{n}.10000000",
-            "o": "0.00000001", "h": "123456789.12345678", "l": "0.00250000", "v": f"{n}", "q": "18", **fields}
+    return {
+        "e": "24hrMiniTicker",
+        "E": 1700000000000 + n * 1000,
+        "s": symbol,
+        "c": f"{n}.10000000",
+        "o": "0.00000001",
+        "h": "123456789.12345678",
+        "l": "0.00250000",
+        "v": f"{n}",
+        "q": "18",
+        **fields,
+    }
 
 
 @pytest.fixture
@@ -48,8 +58,13 @@ def table(dynamodb, unique):
 
 @pytest.fixture
 def env(kafka_env, aws_env, table):
-    return {**kafka_env, **aws_env, "DYNAMO_TABLE_NAME": table, "RETENTION_TTL_DAYS": str(TTL_DAYS),
-            "DYNAMO_MAX_BATCH_TIMEOUT": "0.5"}
+    return {
+        **kafka_env,
+        **aws_env,
+        "DYNAMO_TABLE_NAME": table,
+        "RETENTION_TTL_DAYS": str(TTL_DAYS),
+        "DYNAMO_MAX_BATCH_TIMEOUT": "0.5",
+    }
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes | dict], partition: int | None = None) -> None:
@@ -58,8 +73,13 @@ def produce(bootstrap: str, topic: str, values: list[bytes | dict], partition: i
         key = value["s"].encode() if isinstance(value, dict) else b"junk"
         timestamp = value["E"] if isinstance(value, dict) else 0
         extra = {} if partition is None else {"partition": partition}
-        producer.produce(topic, key=key, value=value if isinstance(value, bytes) else orjson.dumps(value),
-                         timestamp=timestamp, **extra)
+        producer.produce(
+            topic,
+            key=key,
+            value=value if isinstance(value, bytes) else orjson.dumps(value),
+            timestamp=timestamp,
+            **extra,
+        )
     assert producer.flush(10) == 0
 
 
@@ -98,8 +118,11 @@ def test_one_exact_row_per_event_poison_dead_lettered_and_a_replay_changes_nothi
     bootstrap, topic = settings.kafka.bootstrap_servers, settings.kafka.topic
     before_poison = [event(s, n) for n in range(10) for s in ("BTCUSDT", "ETHUSDT")]
     after_poison = [event(s, n) for n in range(10, 20) for s in ("BTCUSDT", "BNBBTC")]
-    poison = [b"}{not json", orjson.dumps({**event("BTCUSDT", 99), "c": "NaN"}),
-              orjson.dumps(event("BTCUSDT", 98, q="1." + "2" * 40))]
+    poison = [
+        b"}{not json",
+        orjson.dumps({**event("BTCUSDT", 99), "c": "NaN"}),
+        orjson.dumps(event("BTCUSDT", 98, q="1." + "2" * 40)),
+    ]
     # Everything is in the topic before the group exists: a new group starts from the earliest offset.
     produce(bootstrap, topic, before_poison + [before_poison[0]] + poison + after_poison)
     valid = before_poison + after_poison
@@ -111,9 +134,15 @@ def test_one_exact_row_per_event_poison_dead_lettered_and_a_replay_changes_nothi
     assert set(rows) == {(e["s"], e["E"]) for e in valid}
     for e in valid:
         assert rows[(e["s"], e["E"])] == {
-            "symbol": e["s"], "event_time": Decimal(e["E"]), "event_type": "24hrMiniTicker",
-            "close": Decimal(e["c"]), "open": Decimal("0.00000001"), "high": Decimal("123456789.12345678"),
-            "low": Decimal("0.00250000"), "base_volume": Decimal(e["v"]), "quote_volume": Decimal("18"),
+            "symbol": e["s"],
+            "event_time": Decimal(e["E"]),
+            "event_type": "24hrMiniTicker",
+            "close": Decimal(e["c"]),
+            "open": Decimal("0.00000001"),
+            "high": Decimal("123456789.12345678"),
+            "low": Decimal("0.00250000"),
+            "base_volume": Decimal(e["v"]),
+            "quote_volume": Decimal("18"),
             "ttl": Decimal(ttl_seconds(e["E"], TTL_DAYS)),
         }
     dead = [orjson.loads(m.value()) for m in read_topic(bootstrap, settings.kafka.dlq_topic, expected=3)]
@@ -145,36 +174,55 @@ def test_duplicate_keys_in_one_batch_become_one_row_with_the_last_values(env, dy
 
 def test_create_switch_makes_an_on_demand_table_with_ttl_on_ttl(kafka_env, aws_env, dynamodb, unique):
     name = f"created-{unique}"
-    sink = table_sink(load(DynamoSinkSettings, {**kafka_env, **aws_env, "DYNAMO_TABLE_NAME": name,
-                                                "DYNAMO_CREATE_TABLE": "true"}))
+    sink = table_sink(
+        load(DynamoSinkSettings, {**kafka_env, **aws_env, "DYNAMO_TABLE_NAME": name, "DYNAMO_CREATE_TABLE": "true"})
+    )
     sink.setup()
     described = dynamodb.describe_table(TableName=name)["Table"]
-    assert described["KeySchema"] == [{"AttributeName": "symbol", "KeyType": "HASH"},
-                                      {"AttributeName": "event_time", "KeyType": "RANGE"}]
+    assert described["KeySchema"] == [
+        {"AttributeName": "symbol", "KeyType": "HASH"},
+        {"AttributeName": "event_time", "KeyType": "RANGE"},
+    ]
     assert sorted((d["AttributeName"], d["AttributeType"]) for d in described["AttributeDefinitions"]) == [
-        ("event_time", "N"), ("symbol", "S")]
+        ("event_time", "N"),
+        ("symbol", "S"),
+    ]
     assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert described["TableStatus"] == "ACTIVE"
     ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "ttl")
 
 
-@pytest.mark.parametrize("schema, words", [
-    (None, "does not exist: create it with the infrastructure code, or set DYNAMO_CREATE_TABLE=true"),
-    ([("id", "HASH", "S")], "partition key is 'id' (S), expected 'symbol' (S); has no sort key, "
-                            "expected 'event_time' (N)"),
-    ([("symbol", "HASH", "S"), ("event_time", "RANGE", "S")], "sort key is 'event_time' (S), "
-                                                              "expected 'event_time' (N)"),
-])
+@pytest.mark.parametrize(
+    "schema, words",
+    [
+        (None, "does not exist: create it with the infrastructure code, or set DYNAMO_CREATE_TABLE=true"),
+        (
+            [("id", "HASH", "S")],
+            "partition key is 'id' (S), expected 'symbol' (S); has no sort key, expected 'event_time' (N)",
+        ),
+        (
+            [("symbol", "HASH", "S"), ("event_time", "RANGE", "S")],
+            "sort key is 'event_time' (S), expected 'event_time' (N)",
+        ),
+    ],
+)
 def test_a_missing_or_mis_keyed_table_is_refused_in_one_line(kafka_env, aws_env, dynamodb, unique, schema, words):
     name = f"wrong-{unique}"
     if schema:
         dynamodb.create_table(
-            TableName=name, BillingMode="PAY_PER_REQUEST",
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
             KeySchema=[{"AttributeName": n, "KeyType": role} for n, role, _ in schema],
-            AttributeDefinitions=[{"AttributeName": n, "AttributeType": kind} for n, _, kind in schema])
-    result = subprocess.run([CRYPTO_LIVE, "dynamo-sink"], capture_output=True, text=True, timeout=60,
-                            env=cli_env(kafka_env, aws_env, {"DYNAMO_TABLE_NAME": name}))
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": kind} for n, _, kind in schema],
+        )
+    result = subprocess.run(
+        [CRYPTO_LIVE, "dynamo-sink"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(kafka_env, aws_env, {"DYNAMO_TABLE_NAME": name}),
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
@@ -194,22 +242,42 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
 
 def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, dynamodb, unique):
     name = f"sigterm-{unique}"
-    env = cli_env(kafka_env, aws_env, {
-        "DYNAMO_TABLE_NAME": name, "DYNAMO_CREATE_TABLE": "true", "KAFKA_TOPIC_PARTITIONS": "1",
-        # Batches close every 10 events; the last 5 only close on shutdown.
-        "DYNAMO_MAX_BATCH_SIZE": "10", "DYNAMO_MAX_BATCH_TIMEOUT": "300",
-    })
-    bootstrap, topic, group = kafka_env["KAFKA_BOOTSTRAP_SERVERS"], kafka_env["KAFKA_TOPIC"], kafka_env[
-        "DYNAMO_SINK_GROUP"]
+    env = cli_env(
+        kafka_env,
+        aws_env,
+        {
+            "DYNAMO_TABLE_NAME": name,
+            "DYNAMO_CREATE_TABLE": "true",
+            "KAFKA_TOPIC_PARTITIONS": "1",
+            # Batches close every 10 events; the last 5 only close on shutdown.
+            "DYNAMO_MAX_BATCH_SIZE": "10",
+            "DYNAMO_MAX_BATCH_TIMEOUT": "300",
+        },
+    )
+    bootstrap, topic, group = (
+        kafka_env["KAFKA_BOOTSTRAP_SERVERS"],
+        kafka_env["KAFKA_TOPIC"],
+        kafka_env["DYNAMO_SINK_GROUP"],
+    )
     ensure_topics(load(KafkaSettings, env))
     produce(bootstrap, topic, [event("BTCUSDT", n) for n in range(25)], partition=0)
-    process = subprocess.Popen([CRYPTO_LIVE, "dynamo-sink"], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [CRYPTO_LIVE, "dynamo-sink"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
-        wait_for(lambda: process.poll() is not None or (
-            name in dynamodb.list_tables()["TableNames"] and len(scan(dynamodb, name)) == 20
-            and committed(bootstrap, group, topic) == 20), 30, interval=0.2,
-            what="two full batches written and committed")
+        wait_for(
+            lambda: (
+                process.poll() is not None
+                or (
+                    name in dynamodb.list_tables()["TableNames"]
+                    and len(scan(dynamodb, name)) == 20
+                    and committed(bootstrap, group, topic) == 20
+                )
+            ),
+            30,
+            interval=0.2,
+            what="two full batches written and committed",
+        )
         assert process.poll() is None, process.communicate()[1][-3000:]
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -220,4 +288,3 @@ def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, d
     assert process.returncode == 0, stderr[-3000:]
     assert len(scan(dynamodb, name)) == 25
     assert committed(bootstrap, group, topic) == 25  # a restart re-consumes nothing
-

@@ -21,8 +21,17 @@ TABLE = "tickers"
 
 
 def event(symbol: str, n: int, close: str = "1.00000000") -> dict:
-    return {"e": "24hrMiniTicker", "E": 1700000000000 + n, "s": symbol, "c": close, "o": "0.00000001",
-            "h": "123456789.12345678", "l": "0.5", "v": "10", "q": "20"}
+    return {
+        "e": "24hrMiniTicker",
+        "E": 1700000000000 + n,
+        "s": symbol,
+        "c": close,
+        "o": "0.00000001",
+        "h": "123456789.12345678",
+        "l": "0.5",
+        "v": "10",
+        "q": "20",
+    }
 
 
 def batch_of(events: list[dict]) -> SinkBatch:
@@ -104,8 +113,9 @@ def test_full_jitter_spreads_retries_below_the_ceiling():
     client = FakeDynamo(script=[5, 5])
     sleeps: list[float] = []
     jitters = iter([0.5, 0.25])
-    sink = DynamoTableSink(client, TABLE, ttl_days=1, sleep=sleeps.append, jitter=lambda: next(jitters),
-                           retry_base=0.1, retry_cap=2.0)
+    sink = DynamoTableSink(
+        client, TABLE, ttl_days=1, sleep=sleeps.append, jitter=lambda: next(jitters), retry_base=0.1, retry_cap=2.0
+    )
     sink.write(batch_of([event("ETHUSDT", n) for n in range(5)]))
     assert sleeps == [0.05, 0.05]  # 0.5 × 0.1, then 0.25 × 0.2
     assert len(client.rows) == 5
@@ -130,14 +140,17 @@ def test_items_still_unprocessed_become_backpressure_that_grows_and_resets():
     assert pauses + [after_success.value.retry_after] == [1.0, 2.0, 1.0]
 
 
-@pytest.mark.parametrize("failure", [
-    client_error("ProvisionedThroughputExceededException"),
-    client_error("ThrottlingException"),
-    client_error("InternalServerError", status=500),
-    client_error("SomethingNew", status=503),
-    botocore.exceptions.EndpointConnectionError(endpoint_url="https://dynamodb.ap-southeast-1.amazonaws.com"),
-    botocore.exceptions.ReadTimeoutError(endpoint_url="https://dynamodb.ap-southeast-1.amazonaws.com"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        client_error("ProvisionedThroughputExceededException"),
+        client_error("ThrottlingException"),
+        client_error("InternalServerError", status=500),
+        client_error("SomethingNew", status=503),
+        botocore.exceptions.EndpointConnectionError(endpoint_url="https://dynamodb.ap-southeast-1.amazonaws.com"),
+        botocore.exceptions.ReadTimeoutError(endpoint_url="https://dynamodb.ap-southeast-1.amazonaws.com"),
+    ],
+)
 def test_throttling_and_outages_after_boto3_retries_become_backpressure(failure):
     client = FakeDynamo(script=[failure])
     sink = make_sink(client, [])
@@ -156,8 +169,12 @@ def test_errors_waiting_cannot_fix_stop_the_sink_naming_the_table(code):
 def test_duplicate_keys_in_one_batch_are_written_once_with_the_last_values():
     client = FakeDynamo()
     sink = make_sink(client, [])
-    events = [event("BTCUSDT", 1, close="1.0"), event("BTCUSDT", 2), event("BTCUSDT", 1, close="1.0"),
-              event("BTCUSDT", 1, close="2.5")]
+    events = [
+        event("BTCUSDT", 1, close="1.0"),
+        event("BTCUSDT", 2),
+        event("BTCUSDT", 1, close="1.0"),
+        event("BTCUSDT", 1, close="2.5"),
+    ]
     sink.write(batch_of(events))
     assert client.calls == [2]
     assert client.rows[("BTCUSDT", "1700000000001")]["close"] == {"N": "2.5"}
@@ -179,8 +196,9 @@ def test_one_throttled_request_pauses_the_batch_and_the_replay_completes_it():
     client = FakeDynamo()
     client.failing_symbols["B"] = client_error("ThrottlingException")
     sink = make_sink(client, [], writers=4)
-    events = [event("A", n) for n in range(25)] + [event("B", n) for n in range(25)] + \
-        [event("C", n) for n in range(25)]
+    events = (
+        [event("A", n) for n in range(25)] + [event("B", n) for n in range(25)] + [event("C", n) for n in range(25)]
+    )
     with pytest.raises(SinkBackpressureError):
         sink.write(batch_of(events))
     assert sink.rows_written == 50  # A and C went through; B did not

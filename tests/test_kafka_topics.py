@@ -17,8 +17,9 @@ def _describe(bootstrap: str, topic: str) -> dict[str, str]:
 
 
 def test_topic_specs_carry_partitions_replication_and_retention():
-    kafka = load(KafkaSettings, {"KAFKA_TOPIC": "ticks", "KAFKA_TOPIC_PARTITIONS": "6",
-                                 "KAFKA_TOPIC_RETENTION_MS": "3600000"})
+    kafka = load(
+        KafkaSettings, {"KAFKA_TOPIC": "ticks", "KAFKA_TOPIC_PARTITIONS": "6", "KAFKA_TOPIC_RETENTION_MS": "3600000"}
+    )
     main, dlq = topic_specs(kafka)
     assert (main.name, dlq.name) == ("ticks", "ticks.dlq")
     assert main.partitions == dlq.partitions == 6
@@ -40,7 +41,8 @@ def test_existing_topic_is_left_alone(kafka_env):
     kafka = load(KafkaSettings, {**kafka_env, "KAFKA_TOPIC_PARTITIONS": "4"})
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
     admin.create_topics([NewTopic(kafka.topic, 1, 1, config={"retention.ms": "60000", "retention.bytes": "-1"})])[
-        kafka.topic].result(10)
+        kafka.topic
+    ].result(10)
     assert ensure_topics(kafka) == [kafka.dlq_topic]
     assert len(admin.list_topics(timeout=10).topics[kafka.topic].partitions) == 1
     assert _describe(kafka.bootstrap_servers, kafka.topic)["retention.ms"] == "60000"

@@ -14,8 +14,17 @@ from crypto_live.settings import KafkaSettings, load
 from processors.stream import StreamPlan, build_application, check_message
 from tests.helpers import read_topic
 
-EVENT = {"e": "24hrMiniTicker", "E": 1700000000000, "s": "BTCUSDT", "c": "1.0", "o": "1.0",
-         "h": "1.0", "l": "1.0", "v": "2", "q": "2"}
+EVENT = {
+    "e": "24hrMiniTicker",
+    "E": 1700000000000,
+    "s": "BTCUSDT",
+    "c": "1.0",
+    "o": "1.0",
+    "h": "1.0",
+    "l": "1.0",
+    "v": "2",
+    "q": "2",
+}
 
 
 def test_check_message_keeps_event_fields_or_names_the_source():
@@ -25,7 +34,8 @@ def test_check_message_keeps_event_fields_or_names_the_source():
     assert checked.dead_letter["source"] == {"topic": "t", "partition": 1, "offset": 7}
     assert checked.dead_letter["reason"].startswith("not JSON")
     assert check_message(None, stage="s", topic="t", partition=0, offset=0).dead_letter["reason"] == (
-        "message has no value")
+        "message has no value"
+    )
 
 
 class CollectingSink(BatchingSink):

@@ -40,8 +40,7 @@ def test_signal_stops_flushes_everything_exits_zero_and_never_logs_the_url(broke
     token = secret_token(unique)
     with SimulatorThread(SimulatorOptions(symbols=20, interval=0.05)) as sim:
         url = f"{sim.url()}?listenKey={token}"
-        env = cli_env(kafka_env, {"BINANCE_WEBSOCKET_URL": url, "LOG_LEVEL": "DEBUG",
-                                  "PRODUCER_STATS_INTERVAL": "0.5"})
+        env = cli_env(kafka_env, {"BINANCE_WEBSOCKET_URL": url, "LOG_LEVEL": "DEBUG", "PRODUCER_STATS_INTERVAL": "0.5"})
         proc = start_cli(["producer"], env)
         wait_for(lambda: sim.sent_count >= 300 or proc.poll() is not None, what="events sent to the producer")
         sim.send_junk()  # invalid items are logged too
@@ -84,10 +83,14 @@ def test_missing_secret_is_one_clear_line_and_a_non_zero_exit(kafka_env, aws_env
 
 def test_flush_that_cannot_complete_exits_non_zero_saying_how_many_were_not_delivered(kafka_env, unique):
     with SimulatorThread(SimulatorOptions(symbols=5, interval=0.05)) as sim:
-        env = cli_env(kafka_env, {
-            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # nothing listens there
-            "BINANCE_WEBSOCKET_URL": sim.url(), "PRODUCER_SHUTDOWN_TIMEOUT": "2",
-        })
+        env = cli_env(
+            kafka_env,
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # nothing listens there
+                "BINANCE_WEBSOCKET_URL": sim.url(),
+                "PRODUCER_SHUTDOWN_TIMEOUT": "2",
+            },
+        )
         proc = start_cli(["producer"], env)
         wait_for(lambda: sim.sent_count >= 50 or proc.poll() is not None, what="events sent to the producer")
         out, err = stop_with(proc, signal.SIGTERM)

@@ -10,8 +10,17 @@ from producer.frames import parse_frame
 
 
 def ticker(symbol: str = "BTCUSDT", event_time: int = 1_700_000_000_000, **overrides) -> dict:
-    event = {"e": "24hrMiniTicker", "E": event_time, "s": symbol, "c": "0.00123000", "o": "0.00100000",
-             "h": "0.00130000", "l": "0.00090000", "v": "100.50000000", "q": "0.12300000"}
+    event = {
+        "e": "24hrMiniTicker",
+        "E": event_time,
+        "s": symbol,
+        "c": "0.00123000",
+        "o": "0.00100000",
+        "h": "0.00130000",
+        "l": "0.00090000",
+        "v": "100.50000000",
+        "q": "0.12300000",
+    }
     event.update(overrides)
     return event
 
@@ -21,8 +30,10 @@ def dumps(obj) -> bytes:
 
 
 def test_single_raw_event_is_published_with_its_fields_exactly_as_sent():
-    raw = b'{"e":"24hrMiniTicker","E":1700000000000,"s":"BNBBTC","c":"0.0025","o":"0.0010",' \
-          b'"h":"0.0025","l":"0.0010","v":"10000","q":"18","x":"extra field kept"}'
+    raw = (
+        b'{"e":"24hrMiniTicker","E":1700000000000,"s":"BNBBTC","c":"0.0025","o":"0.0010",'
+        b'"h":"0.0025","l":"0.0010","v":"10000","q":"18","x":"extra field kept"}'
+    )
     frame = parse_frame(raw)
     assert [e.to_json() for e in frame.events] == [raw]
     assert (frame.rejected, frame.answers, frame.not_json, frame.server_shutdown) == ([], [], False, False)
@@ -84,8 +95,11 @@ def test_scalar_payload_is_rejected(payload):
 
 @pytest.mark.parametrize(
     "answer",
-    [{"result": None, "id": 1}, {"result": ["btcusdt@miniTicker"], "id": "a1"},
-     {"error": {"code": 2, "msg": "Invalid request"}, "id": 7}],
+    [
+        {"result": None, "id": 1},
+        {"result": ["btcusdt@miniTicker"], "id": "a1"},
+        {"error": {"code": 2, "msg": "Invalid request"}, "id": 7},
+    ],
 )
 def test_control_answers_are_counted_never_published_nor_dead_lettered(answer):
     frame = parse_frame(dumps(answer))
@@ -95,8 +109,10 @@ def test_control_answers_are_counted_never_published_nor_dead_lettered(answer):
 
 @pytest.mark.parametrize(
     "payload",
-    [{"e": "serverShutdown", "E": 1_700_000_000_000},
-     {"stream": "!miniTicker@arr", "data": {"e": "serverShutdown", "E": 1_700_000_000_000}}],
+    [
+        {"e": "serverShutdown", "E": 1_700_000_000_000},
+        {"stream": "!miniTicker@arr", "data": {"e": "serverShutdown", "E": 1_700_000_000_000}},
+    ],
     ids=["raw", "combined"],
 )
 def test_server_shutdown_is_a_signal_not_an_invalid_event(payload):

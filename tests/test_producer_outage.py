@@ -28,10 +28,16 @@ OUTAGE = float(os.environ.get("PRODUCER_TEST_OUTAGE", "4"))
 
 
 def settings_for(port: int, topic: str, url: str) -> ProducerSettings:
-    return load(ProducerSettings, {
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "KAFKA_TOPIC": topic, "BINANCE_WEBSOCKET_URL": url,
-        "PRODUCER_STATS_INTERVAL": "2", "PRODUCER_SHUTDOWN_TIMEOUT": "20",
-    })
+    return load(
+        ProducerSettings,
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+            "KAFKA_TOPIC": topic,
+            "BINANCE_WEBSOCKET_URL": url,
+            "PRODUCER_STATS_INTERVAL": "2",
+            "PRODUCER_SHUTDOWN_TIMEOUT": "20",
+        },
+    )
 
 
 def keys_on(bootstrap: str, topic: str) -> list[tuple[str, int]]:
@@ -48,20 +54,19 @@ def fast_pinging_simulator() -> SimulatorThread:
 def test_broker_down_at_start_up_loses_nothing_once_it_is_up(unique, outage):
     port = free_port()
     topic = f"outage-start-{unique}"
-    with fast_pinging_simulator() as sim:
-        with ProducerThread(settings_for(port, topic, sim.url())) as producer:
-            stats = producer.stats
-            wait_for(lambda: stats.events >= 20, what="events read while the broker is down")
-            time.sleep(outage)  # the outage itself: nothing to wait for but time
-            assert stats.published == 0
-            read_during_outage = stats.events
-            broker = EmbeddedBroker(port=port).start()
-            try:
-                wait_for(lambda: stats.published >= read_during_outage, timeout=30, what="the backlog delivered")
-                assert producer.stop() == 0
-                got = keys_on(broker.bootstrap_servers, topic)
-            finally:
-                broker.kill()  # memory only: nothing to shut down cleanly (stop() waits for clients)
+    with fast_pinging_simulator() as sim, ProducerThread(settings_for(port, topic, sim.url())) as producer:
+        stats = producer.stats
+        wait_for(lambda: stats.events >= 20, what="events read while the broker is down")
+        time.sleep(outage)  # the outage itself: nothing to wait for but time
+        assert stats.published == 0
+        read_during_outage = stats.events
+        broker = EmbeddedBroker(port=port).start()
+        try:
+            wait_for(lambda: stats.published >= read_during_outage, timeout=30, what="the backlog delivered")
+            assert producer.stop() == 0
+            got = keys_on(broker.bootstrap_servers, topic)
+        finally:
+            broker.kill()  # memory only: nothing to shut down cleanly (stop() waits for clients)
     assert sim.connections_accepted == 1, "the websocket was dropped while Kafka was away"
     assert len(got) == len(set(got)) and set(got) == sim.sent_keys()
     assert stats.delivery_failures == 0

@@ -24,10 +24,16 @@ from tests.helpers import read_topic, wait_for
 
 
 def producer_settings(kafka_env: dict, url: str, **extra: str) -> ProducerSettings:
-    return load(ProducerSettings, {
-        **kafka_env, "BINANCE_WEBSOCKET_URL": url, "PRODUCER_STATS_INTERVAL": "1",
-        "PRODUCER_SHUTDOWN_TIMEOUT": "15", **extra,
-    })
+    return load(
+        ProducerSettings,
+        {
+            **kafka_env,
+            "BINANCE_WEBSOCKET_URL": url,
+            "PRODUCER_STATS_INTERVAL": "1",
+            "PRODUCER_SHUTDOWN_TIMEOUT": "15",
+            **extra,
+        },
+    )
 
 
 def event_keys(bootstrap: str, topic: str) -> list[tuple[str, int]]:
@@ -155,8 +161,11 @@ def test_connections_are_renewed_before_their_maximum_age_without_losing_events(
 def test_unreachable_websocket_is_retried_without_logging_the_url(kafka_env, unique, caplog, where):
     token = f"listenKey-{unique}"
     with SimulatorThread(SimulatorOptions(symbols=2)) as sim:
-        base = f"ws://127.0.0.1:{free_port()}/ws/!miniTicker@arr" if where == "nothing listening" \
-            else sim.url("nosuchstream@miniTicker")  # the simulator answers HTTP 400
+        base = (
+            f"ws://127.0.0.1:{free_port()}/ws/!miniTicker@arr"
+            if where == "nothing listening"
+            else sim.url("nosuchstream@miniTicker")
+        )  # the simulator answers HTTP 400
         settings = producer_settings(kafka_env, f"{base}?{token}=1", PRODUCER_RECONNECT_MAX_DELAY="0.2")
         with caplog.at_level("DEBUG"), ProducerThread(settings) as producer:
             wait_for(lambda: producer.stats.reconnects >= 3, what="reconnect attempts")
@@ -169,9 +178,11 @@ def test_unreachable_websocket_is_retried_without_logging_the_url(kafka_env, uni
 
 
 def test_stop_requested_while_starting_exits_zero(kafka_env):
-    with SimulatorThread(SimulatorOptions(symbols=2, interval=5)) as sim:
-        with ProducerThread(producer_settings(kafka_env, sim.url())) as producer:
-            assert producer.stop(timeout=15) == 0
+    with (
+        SimulatorThread(SimulatorOptions(symbols=2, interval=5)) as sim,
+        ProducerThread(producer_settings(kafka_env, sim.url())) as producer,
+    ):
+        assert producer.stop(timeout=15) == 0
 
 
 def test_oversized_junk_frame_is_dead_lettered_truncated_not_refused(broker, kafka_env):
@@ -197,12 +208,15 @@ def test_existing_topics_are_left_as_they_are(broker, kafka_env):
     topic = kafka_env["KAFKA_TOPIC"]
     config = {"retention.ms": "3600000", "retention.bytes": "-1", "cleanup.policy": "delete"}
     admin = AdminClient({"bootstrap.servers": broker})
-    for future in admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1, config=config)
-                                       for name in (topic, topic + ".dlq")]).values():
+    for future in admin.create_topics(
+        [NewTopic(name, num_partitions=1, replication_factor=1, config=config) for name in (topic, topic + ".dlq")]
+    ).values():
         future.result()
-    with SimulatorThread(SimulatorOptions(symbols=5, interval=0.05)) as sim:
-        with ProducerThread(producer_settings(kafka_env, sim.url())) as producer:
-            wait_for(lambda: producer.stats.published >= 20, what="events published")
+    with (
+        SimulatorThread(SimulatorOptions(symbols=5, interval=0.05)) as sim,
+        ProducerThread(producer_settings(kafka_env, sim.url())) as producer,
+    ):
+        wait_for(lambda: producer.stats.published >= 20, what="events published")
     assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 1
     assert_exactly_once(sim, broker, topic)
 
@@ -213,8 +227,19 @@ def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafk
     ensure_topics(settings.kafka, timeout=10)
     events = []
     for n in range(300):
-        event = validate({"e": "24hrMiniTicker", "E": 1700000000000 + n, "s": f"SYM{n % 7}", "c": "1.5",
-                          "o": "1.0", "h": "2.0", "l": "0.5", "v": "10", "q": "15"})
+        event = validate(
+            {
+                "e": "24hrMiniTicker",
+                "E": 1700000000000 + n,
+                "s": f"SYM{n % 7}",
+                "c": "1.5",
+                "o": "1.0",
+                "h": "2.0",
+                "l": "0.5",
+                "v": "10",
+                "q": "15",
+            }
+        )
         assert isinstance(event, MiniTicker)
         events.append(event)
 

@@ -94,17 +94,29 @@ def test_plan_label_never_shows_path_or_query():
 # --------------------------------------------------------------------------- secret values
 
 
-@pytest.mark.parametrize("value", [URL, f"  {URL}\n", orjson.dumps({"url": URL}).decode(),
-                                   orjson.dumps({"url": URL, "note": "rotated 2024"}).decode()])
+@pytest.mark.parametrize(
+    "value",
+    [
+        URL,
+        f"  {URL}\n",
+        orjson.dumps({"url": URL}).decode(),
+        orjson.dumps({"url": URL, "note": "rotated 2024"}).decode(),
+    ],
+)
 def test_secret_value_is_the_url_or_json_with_url(value):
     assert url_from_secret_value("s", value) == URL
 
 
 @pytest.mark.parametrize(
     "value, complaint",
-    [("", "does not hold a websocket URL"), ("https://example.com/x", "does not hold a websocket URL"),
-     ("{not json", "does not parse"), ('{"uri": "wss://x/ws"}', "without a string field 'url'"),
-     ('{"url": 3}', "without a string field 'url'"), ('{"url": "ftp://x"}', "does not hold a websocket URL")],
+    [
+        ("", "does not hold a websocket URL"),
+        ("https://example.com/x", "does not hold a websocket URL"),
+        ("{not json", "does not parse"),
+        ('{"uri": "wss://x/ws"}', "without a string field 'url'"),
+        ('{"url": 3}', "without a string field 'url'"),
+        ('{"url": "ftp://x"}', "does not hold a websocket URL"),
+    ],
 )
 def test_unusable_secret_value_names_the_secret_not_the_value(value, complaint):
     with pytest.raises(CommandError, match=complaint) as caught:

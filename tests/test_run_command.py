@@ -28,10 +28,10 @@ def test_source_choice_prefers_the_given_url_then_simulate_then_live_with_fallba
 
 def test_status_line_shows_rate_and_every_counter():
     before = Snapshot(at=10.0, events_in=1000, dead_letters=0, s3_objects=1, dynamo_rows=900, lag={"s3": 5})
-    now = Snapshot(at=12.0, events_in=3000, dead_letters=2, s3_objects=3, dynamo_rows=2900,
-                   lag={"s3": 10, "dynamo": 0})
+    now = Snapshot(at=12.0, events_in=3000, dead_letters=2, s3_objects=3, dynamo_rows=2900, lag={"s3": 10, "dynamo": 0})
     assert format_status(now, before) == (
-        "events in 3,000 (1,000/s) | S3 objects 3 | DynamoDB rows 2,900 | dead letters 2 | lag s3 10 dynamo 0")
+        "events in 3,000 (1,000/s) | S3 objects 3 | DynamoDB rows 2,900 | dead letters 2 | lag s3 10 dynamo 0"
+    )
 
 
 def _s3_events(bucket: str) -> list[tuple[str, int]]:
@@ -64,11 +64,19 @@ def _dynamo_count(table: str) -> int:
 
 def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env, unique, tmp_path):
     bucket, table = f"run-{unique}", f"run-{unique}"
-    env = cli_env(aws_env, {
-        "S3_BUCKET": bucket, "DYNAMO_TABLE_NAME": table, "KAFKA_TOPIC": f"run-{unique}",
-        "BINANCE_WEBSOCKET_SECRET": f"run-{unique}", "MAX_BATCH_SIZE": "100", "MAX_BATCH_TIMEOUT": "1",
-        "CRYPTO_LIVE_LOG_DIR": str(tmp_path), "PRODUCER_STATS_INTERVAL": "5",
-    })
+    env = cli_env(
+        aws_env,
+        {
+            "S3_BUCKET": bucket,
+            "DYNAMO_TABLE_NAME": table,
+            "KAFKA_TOPIC": f"run-{unique}",
+            "BINANCE_WEBSOCKET_SECRET": f"run-{unique}",
+            "MAX_BATCH_SIZE": "100",
+            "MAX_BATCH_TIMEOUT": "1",
+            "CRYPTO_LIVE_LOG_DIR": str(tmp_path),
+            "PRODUCER_STATS_INTERVAL": "5",
+        },
+    )
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)  # run starts its own broker
     process = start_cli(["run", "--simulate", "--symbols", "40"], env)
     try:
@@ -77,8 +85,12 @@ def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 0, stdout + stderr
-    summary = re.search(r"^events in ([\d,]+) \| S3 objects ([\d,]+) \| DynamoDB rows ([\d,]+) \| "
-                        r"dead letters 0 \| lag s3 0 dynamo 0$", stdout, re.MULTILINE)
+    summary = re.search(
+        r"^events in ([\d,]+) \| S3 objects ([\d,]+) \| DynamoDB rows ([\d,]+) \| "
+        r"dead letters 0 \| lag s3 0 dynamo 0$",
+        stdout,
+        re.MULTILINE,
+    )
     assert summary, stdout
     events_in = int(summary.group(1).replace(",", ""))
     assert f"s3://{bucket}/batch_jsonl" in stdout and f"--table-name {table}" in stdout

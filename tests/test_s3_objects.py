@@ -25,8 +25,17 @@ HOUR_22 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS
 
 
 def event(event_time: int, symbol: str = "BTCUSDT", close: str = "0.00250000") -> dict:
-    return {"e": "24hrMiniTicker", "E": event_time, "s": symbol, "c": close, "o": "0.0010",
-            "h": "0.0025", "l": "0.0010", "v": "10000", "q": "18"}
+    return {
+        "e": "24hrMiniTicker",
+        "E": event_time,
+        "s": symbol,
+        "c": close,
+        "o": "0.0010",
+        "h": "0.0025",
+        "l": "0.0010",
+        "v": "10000",
+        "q": "18",
+    }
 
 
 def lines(obj: S3Object) -> list[dict]:
@@ -38,9 +47,11 @@ def lines(obj: S3Object) -> list[dict]:
 def test_key_is_hive_hour_of_the_event_time_then_topic_partition_and_first_offset():
     hour = event_hour(HOUR_22 + 59 * 60_000)
     assert object_key("batch_jsonl", hour, "binance.miniticker", 2, 1234, "none") == (
-        "batch_jsonl/dt=2023-11-14/hour=22/binance.miniticker-00002-00000000000000001234.jsonl")
+        "batch_jsonl/dt=2023-11-14/hour=22/binance.miniticker-00002-00000000000000001234.jsonl"
+    )
     assert object_key("a/b", hour, "t", 0, 0, "gzip") == (
-        "a/b/dt=2023-11-14/hour=22/t-00000-00000000000000000000.jsonl.gz")
+        "a/b/dt=2023-11-14/hour=22/t-00000-00000000000000000000.jsonl.gz"
+    )
     assert object_key("", hour, "t", 0, 7, "none") == "dt=2023-11-14/hour=22/t-00000-00000000000000000007.jsonl"
 
 
@@ -50,7 +61,9 @@ def test_event_hour_is_utc_and_exact_at_the_boundary():
     assert event_hour(HOUR_22 + HOUR_MS - 1).hour == 22
     midnight = HOUR_22 + 2 * HOUR_MS
     assert (f"{event_hour(midnight - 1):%Y-%m-%d %H}", f"{event_hour(midnight):%Y-%m-%d %H}") == (
-        "2023-11-14 23", "2023-11-15 00")
+        "2023-11-14 23",
+        "2023-11-15 00",
+    )
 
 
 def test_body_holds_each_events_own_fields_one_per_line():
@@ -64,8 +77,13 @@ def test_body_holds_each_events_own_fields_one_per_line():
 
 def test_a_batch_spanning_an_hour_becomes_one_object_per_hour():
     # A late event of hour 22 arrives after hour 23 began: it still goes to hour 22.
-    times = [HOUR_22 + HOUR_MS - 2, HOUR_22 + HOUR_MS - 1, HOUR_22 + HOUR_MS, HOUR_22 + HOUR_MS - 3,
-             HOUR_22 + HOUR_MS + 5]
+    times = [
+        HOUR_22 + HOUR_MS - 2,
+        HOUR_22 + HOUR_MS - 1,
+        HOUR_22 + HOUR_MS,
+        HOUR_22 + HOUR_MS - 3,
+        HOUR_22 + HOUR_MS + 5,
+    ]
     items = [(offset, event(t)) for offset, t in zip([10, 11, 13, 14, 15], times, strict=True)]
     first, second = batch_objects(items, prefix="p", topic="t", partition=0)
     assert first.key == "p/dt=2023-11-14/hour=22/t-00000-00000000000000000010.jsonl"
@@ -123,20 +141,21 @@ def test_an_abandoned_batch_is_overwritten_by_a_replay_cut_differently():
     stream[7] = event(HOUR_22 + 5, symbol="ETHUSDT")
     store: dict[str, list[dict]] = {}
 
-    put(store, hour_objects(batch_of(stream, 0, 10)))   # written, then kill -9 before the commit
-    for start, end in [(0, 3), (3, 8), (8, 10)]:        # after the restart: smaller batches
+    put(store, hour_objects(batch_of(stream, 0, 10)))  # written, then kill -9 before the commit
+    for start, end in [(0, 3), (3, 8), (8, 10)]:  # after the restart: smaller batches
         put(store, hour_objects(batch_of(stream, start, end)))
     assert stored_events(store) == expected_events(stream)
 
     store.clear()
-    put(store, hour_objects(batch_of(stream, 0, 3)))    # a small batch written, not committed
+    put(store, hour_objects(batch_of(stream, 0, 3)))  # a small batch written, not committed
     put(store, hour_objects(batch_of(stream, 0, 6)[:1]))  # its replay dies after one object
-    put(store, hour_objects(batch_of(stream, 0, 10)))   # then one big batch commits everything
+    put(store, hour_objects(batch_of(stream, 0, 10)))  # then one big batch commits everything
     assert stored_events(store) == expected_events(stream)
 
 
-def replay_with_crashes(stream: list[dict | None], writer: Writer, max_batch: int,
-                        rng: random.Random) -> dict[str, list[dict]]:
+def replay_with_crashes(
+    stream: list[dict | None], writer: Writer, max_batch: int, rng: random.Random
+) -> dict[str, list[dict]]:
     """Run a sink over ``stream`` that crashes at random points and resumes at the committed offset.
 
     Each attempt cuts a batch of a random length (count or time trigger) from the committed
@@ -149,7 +168,7 @@ def replay_with_crashes(stream: list[dict | None], writer: Writer, max_batch: in
         objects = writer(batch_of(stream, committed, end))
         assert all(obj.rows <= max_batch for obj in objects)
         if rng.random() < 0.4:  # crash: some objects were written, the offset is not committed
-            put(store, objects[:rng.randint(0, len(objects))])
+            put(store, objects[: rng.randint(0, len(objects))])
             continue
         put(store, objects)
         committed = end
@@ -184,7 +203,7 @@ def test_the_replay_check_catches_a_naming_that_is_not_crash_safe():
     """Chunking a batch into fixed-size objects named by their first offset loses idempotence."""
 
     def chunked(batch: list[tuple[int, dict]]) -> list[S3Object]:
-        return [obj for i in range(0, len(batch), 3) for obj in hour_objects(batch[i:i + 3])]
+        return [obj for i in range(0, len(batch), 3) for obj in hour_objects(batch[i : i + 3])]
 
     outcomes = set()
     for seed in range(50):

@@ -6,6 +6,7 @@ thread drives each scenario and stops the app when it is done.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import subprocess
@@ -44,9 +45,17 @@ CRYPTO_LIVE = str(Path(sys.executable).with_name("crypto-live"))
 
 def ticker(n: int, *, symbol: str = "BTCUSDT", event_time: int | None = None) -> dict:
     """A valid miniTicker event; ``n`` makes (s, E) and the prices unique."""
-    return {"e": "24hrMiniTicker", "E": NEXT_HOUR - 600_000 + n * 100 if event_time is None else event_time,
-            "s": symbol, "c": f"{n}.00250000", "o": "0.00100000", "h": f"{n}.5", "l": "0.001", "v": f"{n}",
-            "q": "18.00000000"}
+    return {
+        "e": "24hrMiniTicker",
+        "E": NEXT_HOUR - 600_000 + n * 100 if event_time is None else event_time,
+        "s": symbol,
+        "c": f"{n}.00250000",
+        "o": "0.00100000",
+        "h": f"{n}.5",
+        "l": "0.001",
+        "v": f"{n}",
+        "q": "18.00000000",
+    }
 
 
 def produce(kafka: KafkaSettings, values: list[dict | bytes], partition_of: Callable[[dict], int] | None = None):
@@ -58,8 +67,7 @@ def produce(kafka: KafkaSettings, values: list[dict | bytes], partition_of: Call
             producer.produce(kafka.topic, key=b"junk", value=value, partition=0)
             continue
         extra = {} if partition_of is None else {"partition": partition_of(value)}
-        producer.produce(kafka.topic, key=value["s"].encode(), value=orjson.dumps(value), timestamp=value["E"],
-                         **extra)
+        producer.produce(kafka.topic, key=value["s"].encode(), value=orjson.dumps(value), timestamp=value["E"], **extra)
     assert producer.flush(10) == 0
 
 
@@ -135,16 +143,23 @@ def run_sink(settings: S3SinkSettings, scenario: Callable[[], None], sink: S3Jso
 
 
 def until_rows(s3, bucket: str, count: int, timeout: float = 30) -> Callable[[], None]:
-    return lambda: wait_for(lambda: len(all_rows(stored(s3, bucket))) >= count, timeout, interval=0.1,
-                            what=f"{count} rows in s3://{bucket}")
+    return lambda: wait_for(
+        lambda: len(all_rows(stored(s3, bucket))) >= count, timeout, interval=0.1, what=f"{count} rows in s3://{bucket}"
+    )
 
 
 # --------------------------------------------------------------------------- batching
 
 
 def test_full_objects_by_count_then_the_rest_by_time_from_the_earliest_offset(kafka_env, s3, bucket):
-    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="50", MAX_BATCH_TIMEOUT="3",
-                             KAFKA_TOPIC_PARTITIONS="1", S3_JSONL_DIR_PATH="raw/jsonl")
+    settings = sink_settings(
+        kafka_env,
+        bucket,
+        MAX_BATCH_SIZE="50",
+        MAX_BATCH_TIMEOUT="3",
+        KAFKA_TOPIC_PARTITIONS="1",
+        S3_JSONL_DIR_PATH="raw/jsonl",
+    )
     events = [ticker(n) for n in range(230)]
     produce(settings.kafka, events)  # before the group exists: it has to start at the earliest offset
 
@@ -159,8 +174,9 @@ def test_full_objects_by_count_then_the_rest_by_time_from_the_earliest_offset(ka
 
 
 def test_a_quiet_stream_is_flushed_by_time_without_a_newer_message(kafka_env, s3, bucket):
-    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="1.5",
-                             KAFKA_TOPIC_PARTITIONS="1")
+    settings = sink_settings(
+        kafka_env, bucket, MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="1.5", KAFKA_TOPIC_PARTITIONS="1"
+    )
     few = [ticker(n) for n in range(1, 8)]
     waited: list[float] = []
 
@@ -183,8 +199,9 @@ def test_a_quiet_stream_is_flushed_by_time_without_a_newer_message(kafka_env, s3
 
 def test_a_batch_across_an_hour_boundary_becomes_one_object_per_hour(kafka_env, s3, bucket):
     # 12 events, one full batch: 7 before 23:00, 4 after, and a late 22:59 event after those.
-    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="12", MAX_BATCH_TIMEOUT="60",
-                             KAFKA_TOPIC_PARTITIONS="1", S3_JSONL_DIR_PATH="")
+    settings = sink_settings(
+        kafka_env, bucket, MAX_BATCH_SIZE="12", MAX_BATCH_TIMEOUT="60", KAFKA_TOPIC_PARTITIONS="1", S3_JSONL_DIR_PATH=""
+    )
     times = [NEXT_HOUR - 7 + n for n in range(7)] + [NEXT_HOUR + n for n in range(4)] + [NEXT_HOUR - 1_000]
     events = [ticker(n, event_time=t) for n, t in enumerate(times)]
     produce(settings.kafka, events)
@@ -202,8 +219,9 @@ def test_a_batch_across_an_hour_boundary_becomes_one_object_per_hour(kafka_env, 
 
 
 def test_poison_goes_to_the_dlq_and_later_events_still_land(kafka_env, s3, bucket):
-    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="0.5",
-                             KAFKA_TOPIC_PARTITIONS="1")
+    settings = sink_settings(
+        kafka_env, bucket, MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="0.5", KAFKA_TOPIC_PARTITIONS="1"
+    )
     before, after = [ticker(n) for n in range(10)], [ticker(n) for n in range(10, 15)]
     poison = [b"{not json", orjson.dumps({**ticker(99), "c": 1.5}), orjson.dumps({**ticker(98), "e": "trade"})]
     produce(settings.kafka, [*before, *poison])
@@ -220,15 +238,17 @@ def test_poison_goes_to_the_dlq_and_later_events_still_land(kafka_env, s3, bucke
     assert identities(all_rows(stored(s3, bucket))) == identities(before + after)
     records = [orjson.loads(message.value()) for message in dead]
     assert [r["source"] for r in records] == [
-        {"topic": settings.kafka.topic, "partition": 0, "offset": offset} for offset in (10, 11, 12)]
+        {"topic": settings.kafka.topic, "partition": 0, "offset": offset} for offset in (10, 11, 12)
+    ]
     assert {r["stage"] for r in records} == {"s3-sink"}
     assert records[0]["reason"].startswith("not JSON") and "expected '24hrMiniTicker'" in records[2]["reason"]
     assert "field 'c' (close price) is a number 1.5" in records[1]["reason"]
 
 
 def test_gzip_on_request_writes_jsonl_gz_that_decompresses_to_the_lines(kafka_env, s3, bucket):
-    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="25", MAX_BATCH_TIMEOUT="1",
-                             KAFKA_TOPIC_PARTITIONS="1", S3_COMPRESSION="gzip")
+    settings = sink_settings(
+        kafka_env, bucket, MAX_BATCH_SIZE="25", MAX_BATCH_TIMEOUT="1", KAFKA_TOPIC_PARTITIONS="1", S3_COMPRESSION="gzip"
+    )
     events = [ticker(n) for n in range(40)]
     produce(settings.kafka, events)
 
@@ -236,7 +256,9 @@ def test_gzip_on_request_writes_jsonl_gz_that_decompresses_to_the_lines(kafka_en
 
     keys = sorted(stored(s3, bucket))
     assert [k.rsplit("/", 1)[1].split("-", 2)[2] for k in keys] == [
-        "00000-00000000000000000000.jsonl.gz", "00000-00000000000000000025.jsonl.gz"]
+        "00000-00000000000000000000.jsonl.gz",
+        "00000-00000000000000000025.jsonl.gz",
+    ]
     first = s3.get_object(Bucket=bucket, Key=keys[0])
     assert first["ContentType"] == GZIP_CONTENT_TYPE and "ContentEncoding" not in first
     assert gzip.decompress(first["Body"].read()) == b"".join(orjson.dumps(e) + b"\n" for e in events[:25])
@@ -264,15 +286,21 @@ def test_a_missing_bucket_is_refused_in_one_line_naming_it(kafka_env, aws_env, u
 
 
 def offline_s3():
-    return boto3.client("s3", region_name=REGION, endpoint_url="http://127.0.0.1:9",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        region_name=REGION,
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def test_denied_access_is_refused_naming_the_bucket_and_the_permissions():
     client = offline_s3()
     with Stubber(client) as stub:
-        stub.add_client_error("head_bucket", service_error_code="403", service_message="Forbidden",
-                              http_status_code=403)
+        stub.add_client_error(
+            "head_bucket", service_error_code="403", service_message="Forbidden", http_status_code=403
+        )
         with pytest.raises(BucketSetupError) as raised:
             S3JsonlSink(client, "their-bucket", "raw").setup()
     assert str(raised.value).startswith("access to S3 bucket 'their-bucket' is denied (region ap-southeast-1")
@@ -370,14 +398,13 @@ class TcpGate:
 
 
 def _shutdown(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
-def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(kafka_env, s3, bucket, aws_endpoint,
-                                                                        monkeypatch):
+def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(
+    kafka_env, s3, bucket, aws_endpoint, monkeypatch
+):
     gate = TcpGate(int(aws_endpoint.rsplit(":", 1)[1]))
     gate.open()
     monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)  # only the sink goes through the gate
@@ -387,8 +414,11 @@ def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(kafka_env
     outage = 61.0  # the sink must ride out an outage of at least a minute
 
     def scenario():
-        feeding = threading.Thread(target=lambda: [
-            (produce(settings.kafka, events[i:i + 30]), time.sleep(0.1)) for i in range(0, len(events), 30)])
+        feeding = threading.Thread(
+            target=lambda: [
+                (produce(settings.kafka, events[i : i + 30]), time.sleep(0.1)) for i in range(0, len(events), 30)
+            ]
+        )
         feeding.start()
         wait_for(lambda: key_count(s3, bucket) >= 2, 30, what="objects before the outage")
         gate.close()

@@ -27,8 +27,10 @@ class SinkProcess:
     def __init__(self, env: dict[str, str]):
         self.process = start_cli(["s3-sink"], env)
         self.lines: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(stream,), daemon=True)
-                         for stream in (self.process.stdout, self.process.stderr)]
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (self.process.stdout, self.process.stderr)
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -91,9 +93,14 @@ def ends(events: list[dict], partitions: int) -> list[int]:
 
 def stream_across_an_hour(count: int) -> list[dict]:
     """Events of several symbols around 23:00, every 50th one a late 22:5x event."""
-    return [ticker(n, symbol=SYMBOLS[n % len(SYMBOLS)],
-                   event_time=NEXT_HOUR - count * 20 + n * 40 - (300_000 if n % 50 == 7 else 0))
-            for n in range(count)]
+    return [
+        ticker(
+            n,
+            symbol=SYMBOLS[n % len(SYMBOLS)],
+            event_time=NEXT_HOUR - count * 20 + n * 40 - (300_000 if n % 50 == 7 else 0),
+        )
+        for n in range(count)
+    ]
 
 
 def by_symbol(partitions: int):
@@ -101,8 +108,11 @@ def by_symbol(partitions: int):
 
 
 def test_every_event_exactly_once_after_kill_9_at_three_points(kafka_env, aws_env, s3, bucket, sinks):
-    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "3",
-                                       "MAX_BATCH_SIZE": "20", "MAX_BATCH_TIMEOUT": "1"})
+    env = cli_env(
+        kafka_env,
+        aws_env,
+        {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "3", "MAX_BATCH_SIZE": "20", "MAX_BATCH_TIMEOUT": "1"},
+    )
     kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
     events = stream_across_an_hour(3000)
     produce(kafka, events, by_symbol(3))
@@ -110,15 +120,18 @@ def test_every_event_exactly_once_after_kill_9_at_three_points(kafka_env, aws_en
 
     for objects_before_kill in (30, 70, 110):
         sink = sinks(env)
-        wait_for(lambda sink=sink, n=objects_before_kill: not sink.alive or key_count(s3, bucket) >= n, 60,
-                 interval=0.02, what=f"{objects_before_kill} objects")
+        wait_for(
+            lambda sink=sink, n=objects_before_kill: not sink.alive or key_count(s3, bucket) >= n,
+            60,
+            interval=0.02,
+            what=f"{objects_before_kill} objects",
+        )
         assert sink.alive, sink.log()
         sink.kill()
         assert committed(kafka, group) != end, "the sink was not killed mid-stream"
 
     last = sinks(env)
-    wait_for(lambda: not last.alive or committed(kafka, group) == end, 60, interval=0.2,
-             what="every offset committed")
+    wait_for(lambda: not last.alive or committed(kafka, group) == end, 60, interval=0.2, what="every offset committed")
     assert last.terminate() == 0, last.log()
 
     objects = stored(s3, bucket)
@@ -128,16 +141,22 @@ def test_every_event_exactly_once_after_kill_9_at_three_points(kafka_env, aws_en
 
 
 def test_sigterm_writes_and_commits_the_open_batch_and_exits_0(kafka_env, aws_env, s3, bucket, sinks):
-    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "1",
-                                       "MAX_BATCH_SIZE": "25", "MAX_BATCH_TIMEOUT": "300"})
+    env = cli_env(
+        kafka_env,
+        aws_env,
+        {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "1", "MAX_BATCH_SIZE": "25", "MAX_BATCH_TIMEOUT": "300"},
+    )
     kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
     events = [ticker(n) for n in range(30)]
     # A poison message last: its dead letter shows the sink has read everything before it.
     produce(kafka, [*events, b"probe 1"])
 
     sink = sinks(env)
-    wait_for(lambda: not sink.alive or read_topic(kafka.bootstrap_servers, kafka.dlq_topic, timeout=1, idle=0.2),
-             60, what="the probe's dead letter")
+    wait_for(
+        lambda: not sink.alive or read_topic(kafka.bootstrap_servers, kafka.dlq_topic, timeout=1, idle=0.2),
+        60,
+        what="the probe's dead letter",
+    )
     assert sink.alive, sink.log()
     assert sink.terminate() == 0, sink.log()
 
@@ -147,19 +166,28 @@ def test_sigterm_writes_and_commits_the_open_batch_and_exits_0(kafka_env, aws_en
 
     produce(kafka, [ticker(30), b"probe 2"])
     again = sinks(env)
-    wait_for(lambda: not again.alive or len(read_topic(kafka.bootstrap_servers, kafka.dlq_topic, timeout=1,
-                                                       idle=0.2)) == 2, 60, what="the second probe's dead letter")
+    wait_for(
+        lambda: not again.alive or len(read_topic(kafka.bootstrap_servers, kafka.dlq_topic, timeout=1, idle=0.2)) == 2,
+        60,
+        what="the second probe's dead letter",
+    )
     assert again.terminate() == 0, again.log()
     assert again.written_keys() == [k for k in stored(s3, bucket) if first_offset(k) == 31]  # nothing re-written
     assert identities(all_rows(stored(s3, bucket))) == identities([*events, ticker(30)])
     assert [orjson.loads(m.value())["reason"][:8] for m in read_topic(kafka.bootstrap_servers, kafka.dlq_topic)] == [
-        "not JSON", "not JSON"]
+        "not JSON",
+        "not JSON",
+    ]
 
 
 def test_two_instances_in_one_group_share_the_partitions_and_store_every_event_once(
-        kafka_env, aws_env, s3, bucket, sinks):
-    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "4",
-                                       "MAX_BATCH_SIZE": "30", "MAX_BATCH_TIMEOUT": "0.5"})
+    kafka_env, aws_env, s3, bucket, sinks
+):
+    env = cli_env(
+        kafka_env,
+        aws_env,
+        {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "4", "MAX_BATCH_SIZE": "30", "MAX_BATCH_TIMEOUT": "0.5"},
+    )
     kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
     events = stream_across_an_hour(2400)
     produce(kafka, events[:400], by_symbol(4))
@@ -168,10 +196,11 @@ def test_two_instances_in_one_group_share_the_partitions_and_store_every_event_o
 
     second = sinks(env)
     for start in range(400, len(events), 100):  # events keep flowing while the group rebalances
-        produce(kafka, events[start:start + 100], by_symbol(4))
+        produce(kafka, events[start : start + 100], by_symbol(4))
         time.sleep(0.05)
-    wait_for(lambda: not (first.alive and second.alive) or second.written_keys(), 60,
-             what="the second instance writing")
+    wait_for(
+        lambda: not (first.alive and second.alive) or second.written_keys(), 60, what="the second instance writing"
+    )
     wait_for(lambda: committed(kafka, group) == ends(events, 4), 60, interval=0.2, what="every offset committed")
     assert first.alive and second.alive, first.log() + second.log()
     assert first.terminate() == 0 and second.terminate() == 0

@@ -109,9 +109,17 @@ def test_defaults_are_the_original_designs():
 
 
 def test_values_are_parsed_to_their_types():
-    s3 = load(S3SinkSettings, {"MAX_BATCH_SIZE": " 250 ", "MAX_BATCH_TIMEOUT": "0.5",
-                               "S3_JSONL_DIR_PATH": "/raw/binance/", "S3_COMPRESSION": "GZIP",
-                               "KAFKA_TOPIC": "ticks", "KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2"})
+    s3 = load(
+        S3SinkSettings,
+        {
+            "MAX_BATCH_SIZE": " 250 ",
+            "MAX_BATCH_TIMEOUT": "0.5",
+            "S3_JSONL_DIR_PATH": "/raw/binance/",
+            "S3_COMPRESSION": "GZIP",
+            "KAFKA_TOPIC": "ticks",
+            "KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2",
+        },
+    )
     assert s3.max_batch_size == 250 and s3.max_batch_timeout == 0.5
     assert s3.prefix == "raw/binance" and s3.compression == "gzip"
     assert s3.kafka.dlq_topic == "ticks.dlq"
@@ -143,10 +151,15 @@ def test_secret_url_is_never_echoed_whole_in_errors():
 # ---- through the real command: exit status 2, one line, no traceback
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("MAX_BATCH_SIZE", "ten"), ("MAX_BATCH_TIMEOUT", "0"), ("RETENTION_TTL_DAYS", "-3"),
-    ("S3_BUCKET", "Not_A_Bucket"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAX_BATCH_SIZE", "ten"),
+        ("MAX_BATCH_TIMEOUT", "0"),
+        ("RETENTION_TTL_DAYS", "-3"),
+        ("S3_BUCKET", "Not_A_Bucket"),
+    ],
+)
 def test_config_command_refuses_bad_values_without_traceback(variable, value):
     result = run_cli(["config"], cli_env({variable: value}))
     assert result.returncode == 2
@@ -179,8 +192,9 @@ def test_every_subcommand_help_lists_its_environment_variables(command):
 
 def test_service_refuses_bad_setting_before_connecting_anywhere():
     # The broker address points nowhere: the command must fail on the setting, at once.
-    result = run_cli(["s3-sink"], cli_env({"MAX_BATCH_SIZE": "ten", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}),
-                     timeout=20)
+    result = run_cli(
+        ["s3-sink"], cli_env({"MAX_BATCH_SIZE": "ten", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}), timeout=20
+    )
     assert result.returncode == 2
     assert "MAX_BATCH_SIZE='ten'" in result.stderr and "Traceback" not in result.stderr
 

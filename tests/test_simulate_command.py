@@ -12,12 +12,15 @@ from crypto_live.embedded import free_port
 from tests.helpers import cli_env, run_cli, start_cli
 
 
-@pytest.mark.parametrize(("args", "culprit"), [
-    (["--faults", "explode@3"], "--faults='explode@3'"),
-    (["--rate", "0"], "--rate='0.0'"),
-    (["--symbols", "0"], "--symbols='0'"),
-    (["--port", "70000"], "--port='70000'"),
-])
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (["--faults", "explode@3"], "--faults='explode@3'"),
+        (["--rate", "0"], "--rate='0.0'"),
+        (["--symbols", "0"], "--symbols='0'"),
+        (["--port", "70000"], "--port='70000'"),
+    ],
+)
 def test_bad_option_is_named_without_traceback(args, culprit):
     result = run_cli(["simulate", *args], cli_env())
     assert result.returncode == 2

@@ -121,9 +121,8 @@ async def test_raw_multi_stream_path():
 
 @async_test
 async def test_combined_stream_wraps_payloads():
-    async with SimulatorServer(FAST) as sim:
-        async with client(sim.combined_url("btcusdt@miniTicker", ALL_MARKET_STREAM)) as ws:
-            frames = [await recv_json(ws) for _ in range(6)]
+    async with SimulatorServer(FAST) as sim, client(sim.combined_url("btcusdt@miniTicker", ALL_MARKET_STREAM)) as ws:
+        frames = [await recv_json(ws) for _ in range(6)]
     assert all(set(f) == {"stream", "data"} for f in frames)
     by_stream = {f["stream"]: f["data"] for f in frames}
     assert set(by_stream) == {"btcusdt@miniTicker", ALL_MARKET_STREAM}
@@ -187,46 +186,43 @@ async def test_seed_makes_the_market_reproducible():
 
 @async_test
 async def test_subscribe_list_unsubscribe():
-    async with SimulatorServer(FAST) as sim:
-        async with client(sim.base_url + "/ws") as ws:
-            with pytest.raises(TimeoutError):  # nothing subscribed, nothing sent
-                await asyncio.wait_for(ws.recv(), 0.1)
-            sub = {"method": "SUBSCRIBE", "params": ["btcusdt@miniTicker"], "id": 1}
-            assert await reply_to(ws, sub) == {"result": None, "id": 1}
-            event = await recv_json(ws)
-            assert event["s"] == "BTCUSDT"
-            listing = await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 2})
-            assert listing == {"result": ["btcusdt@miniTicker"], "id": 2}
-            unsub = {"method": "UNSUBSCRIBE", "params": ["btcusdt@miniTicker"], "id": 3}
-            assert await reply_to(ws, unsub) == {"result": None, "id": 3}
-            assert await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 4}) == {"result": [], "id": 4}
+    async with SimulatorServer(FAST) as sim, client(sim.base_url + "/ws") as ws:
+        with pytest.raises(TimeoutError):  # nothing subscribed, nothing sent
+            await asyncio.wait_for(ws.recv(), 0.1)
+        sub = {"method": "SUBSCRIBE", "params": ["btcusdt@miniTicker"], "id": 1}
+        assert await reply_to(ws, sub) == {"result": None, "id": 1}
+        event = await recv_json(ws)
+        assert event["s"] == "BTCUSDT"
+        listing = await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 2})
+        assert listing == {"result": ["btcusdt@miniTicker"], "id": 2}
+        unsub = {"method": "UNSUBSCRIBE", "params": ["btcusdt@miniTicker"], "id": 3}
+        assert await reply_to(ws, unsub) == {"result": None, "id": 3}
+        assert await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 4}) == {"result": [], "id": 4}
 
 
 @async_test
 async def test_invalid_requests_get_error_replies_and_connection_survives():
-    async with SimulatorServer(FAST) as sim:
-        async with client(sim.base_url + "/ws") as ws:
-            await ws.send("{oops")
-            bad_json = await recv_json(ws)
-            assert bad_json["error"]["code"] == 3
-            unknown = await reply_to(ws, {"method": "PING", "id": 5})
-            assert unknown["id"] == 5 and unknown["error"]["code"] == 2
-            bad_stream = await reply_to(ws, {"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 6})
-            assert bad_stream["error"]["code"] == 2
-            assert await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 7}) == {"result": [], "id": 7}
+    async with SimulatorServer(FAST) as sim, client(sim.base_url + "/ws") as ws:
+        await ws.send("{oops")
+        bad_json = await recv_json(ws)
+        assert bad_json["error"]["code"] == 3
+        unknown = await reply_to(ws, {"method": "PING", "id": 5})
+        assert unknown["id"] == 5 and unknown["error"]["code"] == 2
+        bad_stream = await reply_to(ws, {"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 6})
+        assert bad_stream["error"]["code"] == 2
+        assert await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 7}) == {"result": [], "id": 7}
 
 
 @async_test
 async def test_set_property_combined_switches_to_envelopes():
-    async with SimulatorServer(FAST) as sim:
-        async with client(sim.url("btcusdt@miniTicker")) as ws:
-            assert (await recv_json(ws))["s"] == "BTCUSDT"
-            reply = await reply_to(ws, {"method": "SET_PROPERTY", "params": ["combined", True], "id": 1})
-            assert reply == {"result": None, "id": 1}
+    async with SimulatorServer(FAST) as sim, client(sim.url("btcusdt@miniTicker")) as ws:
+        assert (await recv_json(ws))["s"] == "BTCUSDT"
+        reply = await reply_to(ws, {"method": "SET_PROPERTY", "params": ["combined", True], "id": 1})
+        assert reply == {"result": None, "id": 1}
+        frame = await recv_json(ws)
+        while "stream" not in frame:  # a tick queued before the switch
             frame = await recv_json(ws)
-            while "stream" not in frame:  # a tick queued before the switch
-                frame = await recv_json(ws)
-            assert frame["stream"] == "btcusdt@miniTicker" and frame["data"]["s"] == "BTCUSDT"
+        assert frame["stream"] == "btcusdt@miniTicker" and frame["data"]["s"] == "BTCUSDT"
 
 
 @async_test
@@ -330,13 +326,12 @@ class RawClient:
 @async_test
 async def test_server_pings_and_a_ponging_client_survives():
     options = SimulatorOptions(interval=0.02, seed=1, ping_interval=0.05, ping_timeout=0.1)
-    async with SimulatorServer(options) as sim:
-        async with RawClient(sim.url(), answer_pings=True) as raw:
-            await raw.run_until(lambda: raw.pings >= 6)  # > 3 ping timeouts
-            frames_then = raw.data_frames
-            await raw.run_until(lambda: raw.data_frames > frames_then)
-            assert raw.protocol.state is State.OPEN
-            assert sim.open_connections == 1
+    async with SimulatorServer(options) as sim, RawClient(sim.url(), answer_pings=True) as raw:
+        await raw.run_until(lambda: raw.pings >= 6)  # > 3 ping timeouts
+        frames_then = raw.data_frames
+        await raw.run_until(lambda: raw.data_frames > frames_then)
+        assert raw.protocol.state is State.OPEN
+        assert sim.open_connections == 1
 
 
 @async_test
@@ -435,54 +430,51 @@ async def test_server_shutdown_with_grace_keeps_streaming_until_close():
 
 @async_test
 async def test_junk_frames_then_normal_data():
-    async with SimulatorServer(FAST) as sim:
-        async with client(sim.url()) as ws:
-            await ws.recv()
-            assert await sim.send_junk() == 1
-            seen = []
-            while len(seen) < len(JUNK_FRAMES):
-                message = await ws.recv()
-                if message in JUNK_FRAMES:
-                    seen.append(message)
-            assert seen == list(JUNK_FRAMES)
-            assert isinstance(await recv_json(ws), list)  # the stream carries on
+    async with SimulatorServer(FAST) as sim, client(sim.url()) as ws:
+        await ws.recv()
+        assert await sim.send_junk() == 1
+        seen = []
+        while len(seen) < len(JUNK_FRAMES):
+            message = await ws.recv()
+            if message in JUNK_FRAMES:
+                seen.append(message)
+        assert seen == list(JUNK_FRAMES)
+        assert isinstance(await recv_json(ws), list)  # the stream carries on
 
 
 @async_test
 async def test_stall_sends_nothing_but_keeps_answering_pings_until_resume():
     options = SimulatorOptions(interval=0.02, seed=2, ping_interval=0.05, ping_timeout=0.1)
-    async with SimulatorServer(options) as sim:
-        async with client(sim.url()) as ws:
-            await ws.recv()
-            sim.stall()
-            assert sim.stalled
-            await asyncio.sleep(0.05)  # let a frame already on the wire land
-            while True:
-                try:
-                    await asyncio.wait_for(ws.recv(), 0.01)
-                except TimeoutError:
-                    break
-            count = sim.sent_count
-            with pytest.raises(TimeoutError):  # several ping timeouts, no data
-                await asyncio.wait_for(ws.recv(), 0.4)
-            assert sim.sent_count == count
-            assert ws.state is State.OPEN and sim.open_connections == 1
-            sim.resume()
-            assert isinstance(await recv_json(ws), list)
+    async with SimulatorServer(options) as sim, client(sim.url()) as ws:
+        await ws.recv()
+        sim.stall()
+        assert sim.stalled
+        await asyncio.sleep(0.05)  # let a frame already on the wire land
+        while True:
+            try:
+                await asyncio.wait_for(ws.recv(), 0.01)
+            except TimeoutError:
+                break
+        count = sim.sent_count
+        with pytest.raises(TimeoutError):  # several ping timeouts, no data
+            await asyncio.wait_for(ws.recv(), 0.4)
+        assert sim.sent_count == count
+        assert ws.state is State.OPEN and sim.open_connections == 1
+        sim.resume()
+        assert isinstance(await recv_json(ws), list)
 
 
 @async_test
 async def test_timed_stall_ends_by_itself():
-    async with SimulatorServer(FAST) as sim:
-        async with client(sim.url()) as ws:
-            await ws.recv()
-            sim.stall(0.3)
-            started = time.monotonic()
-            count = sim.sent_count
-            await sim.wait_until_sent(count + 1 + len(sim.symbols))  # beyond any in-flight frame
-            assert time.monotonic() - started >= 0.25
-            assert not sim.stalled
-            assert ws.state is State.OPEN
+    async with SimulatorServer(FAST) as sim, client(sim.url()) as ws:
+        await ws.recv()
+        sim.stall(0.3)
+        started = time.monotonic()
+        count = sim.sent_count
+        await sim.wait_until_sent(count + 1 + len(sim.symbols))  # beyond any in-flight frame
+        assert time.monotonic() - started >= 0.25
+        assert not sim.stalled
+        assert ws.state is State.OPEN
 
 
 @async_test
@@ -519,20 +511,18 @@ def test_simulator_thread_serves_and_injects_faults_from_another_thread():
         sim.wait_for_connections(1)
         assert sim.connections_accepted == 1
         port = sim.port
-    with pytest.raises(OSError):
-        with sync_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=1):
-            pass
+    with pytest.raises(OSError), sync_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=1):
+        pass
 
 
 def test_simulator_thread_shutdown_from_another_thread():
-    with SimulatorThread(SimulatorOptions(interval=0.02, seed=9)) as sim:
-        with sync_connect(sim.url(), open_timeout=5) as ws:
-            ws.recv(timeout=5)
-            assert sim.server_shutdown() == 1
-            with pytest.raises(ConnectionClosedOK) as info:
-                while True:
-                    ws.recv(timeout=5)
-            assert info.value.rcvd.code == 1001
+    with SimulatorThread(SimulatorOptions(interval=0.02, seed=9)) as sim, sync_connect(sim.url(), open_timeout=5) as ws:
+        ws.recv(timeout=5)
+        assert sim.server_shutdown() == 1
+        with pytest.raises(ConnectionClosedOK) as info:
+            while True:
+                ws.recv(timeout=5)
+        assert info.value.rcvd.code == 1001
 
 
 SERVE_SCRIPT = """

@@ -28,8 +28,9 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
         faults = FaultSchedule.parse(args.faults)
     except ValueError as exc:
         raise SettingsError("--faults", args.faults, str(exc)) from None
-    return SimulatorOptions(host=args.host, port=args.port, symbols=args.symbols, interval=interval,
-                            seed=args.seed, faults=faults)
+    return SimulatorOptions(
+        host=args.host, port=args.port, symbols=args.symbols, interval=interval, seed=args.seed, faults=faults
+    )
 
 
 def simulate_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

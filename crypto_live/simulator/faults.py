@@ -29,9 +29,7 @@ KINDS = ("drop", "shutdown", "junk", "stall")
 JUNK_FRAMES: tuple[str, ...] = ("}{not json", '{"junk":true,"note":"valid JSON, not an event"}')
 
 _NUMBER = r"\d+(?:\.\d*)?|\.\d+"
-_TOKEN = re.compile(
-    rf"(?P<kind>[a-z]+)@(?P<every>every)?(?P<time>{_NUMBER})(?:for(?P<duration>{_NUMBER}))?"
-)
+_TOKEN = re.compile(rf"(?P<kind>[a-z]+)@(?P<every>every)?(?P<time>{_NUMBER})(?:for(?P<duration>{_NUMBER}))?")
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,11 +128,8 @@ def initial_state(symbols: int, seed: int) -> MarketState:
     known = dict(KNOWN_SYMBOLS)
     states = []
     for name in symbol_names(symbols):
-        if name in known:
-            price = parse_units(known[name])
-        else:
-            # Log-uniform spread of synthetic prices between 0.01 and 1000.
-            price = max(1, round(10 ** rng.uniform(-2, 3) * SCALE))
+        # Unknown symbols get a log-uniform spread of synthetic prices between 0.01 and 1000.
+        price = parse_units(known[name]) if name in known else max(1, round(10 ** rng.uniform(-2, 3) * SCALE))
         tick = tick_size(price)
         price = max(tick, price - price % tick)
         lot = lot_size(price)
@@ -209,7 +206,5 @@ def step(
         changed = [rng.randrange(len(symbols))]
     for i in changed:
         symbols[i] = _trade(rng, symbols[i], now_ms, volatility)
-    next_state = replace(
-        state, symbols=tuple(symbols), rng_state=rng.getstate(), ticks=state.ticks + 1
-    )
+    next_state = replace(state, symbols=tuple(symbols), rng_state=rng.getstate(), ticks=state.ticks + 1)
     return next_state, tuple(mini_ticker(symbols[i]) for i in changed)

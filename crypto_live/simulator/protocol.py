@@ -163,9 +163,7 @@ def _decode(message: str | bytes) -> tuple[Any, dict | None]:
         return None, error(3, f"Invalid JSON: expected value {where}")
 
 
-def handle_message(
-    session: Session, message: str | bytes, now: float, symbols: Set[str]
-) -> Outcome:
+def handle_message(session: Session, message: str | bytes, now: float, symbols: Set[str]) -> Outcome:
     """Apply one incoming websocket message received at monotonic time ``now``."""
     recent, allowed = admit(session.recent, now)
     session = replace(session, recent=recent)
@@ -199,9 +197,7 @@ def handle_message(
     return _property(session, method, params, request_id)
 
 
-def _change_streams(
-    session: Session, method: str, params: list, request_id: Any, symbols: Set[str]
-) -> Outcome:
+def _change_streams(session: Session, method: str, params: list, request_id: Any, symbols: Set[str]) -> Outcome:
     for name in params:
         if not isinstance(name, str) or not is_valid_stream(name, symbols):
             msg = f"Invalid request: invalid stream name {orjson.dumps(name).decode()}"

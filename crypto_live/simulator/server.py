@@ -92,11 +92,7 @@ class SimulatorServer:
         clock: Callable[[], int] = _wall_clock_ms,
     ) -> None:
         self.options = options or SimulatorOptions()
-        self.seed = (
-            self.options.seed
-            if self.options.seed is not None
-            else random.SystemRandom().randrange(2**32)
-        )
+        self.seed = self.options.seed if self.options.seed is not None else random.SystemRandom().randrange(2**32)
         self._clock = clock
         self._market = market.initial_state(self.options.symbols, self.seed)
         self.symbols: tuple[str, ...] = self._market.names
@@ -341,9 +337,7 @@ class SimulatorServer:
             async for message in ws:
                 if client.dropped:  # half-closed: write nothing, wait for the peer to hang up
                     continue
-                outcome = protocol.handle_message(
-                    client.session, message, time.monotonic(), self._symbol_set
-                )
+                outcome = protocol.handle_message(client.session, message, time.monotonic(), self._symbol_set)
                 client.session = outcome.session
                 if outcome.reply is not None:
                     async with client.lock:
@@ -471,7 +465,7 @@ class SimulatorThread:
         self._loop = asyncio.new_event_loop()
         try:
             self._loop.run_until_complete(self._main())
-        except BaseException as exc:  # surfaced by start()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by start()
             self._error = exc
         finally:
             self._ready.set()
@@ -542,9 +536,7 @@ def _announce(line: str) -> None:
     print(line, flush=True)  # flushed: a parent process may be waiting for the URL
 
 
-async def serve_forever(
-    options: SimulatorOptions, *, announce: Callable[[str], None] = _announce
-) -> None:
+async def serve_forever(options: SimulatorOptions, *, announce: Callable[[str], None] = _announce) -> None:
     """Run a simulator until cancelled or SIGINT/SIGTERM, announcing its URLs."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
