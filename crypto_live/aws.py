@@ -1,9 +1,17 @@
-"""The AWS session every service uses.
+"""The AWS session every service uses, and the one classification of AWS errors.
 
 A non-empty PIPELINE_IAM_USER selects that boto3 profile; empty leaves boto3's default
 credential chain (environment, ECS task role, instance profile). Endpoints are never
 configured here: boto3 reads AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE> itself,
 which is how local runs and tests reach an emulator.
+
+Errors, for every caller (both sinks, provisioning, the producer's secret):
+
+* :func:`is_transient` -- "not now": throttling, 5xx, a timeout, an endpoint unreachable.
+  Services wait these out (backpressure) and never stop for them.
+* :func:`is_gone` -- "not here": the resource does not exist or access is denied. A sink
+  stops for these (see :class:`~crypto_live.errors.DestinationGoneError`).
+* anything else is a bug or a misconfiguration, reported with :func:`error_text`.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from crypto_live.settings import AwsSettings, SettingsError
+from crypto_live.errors import SettingsError
+from crypto_live.settings import AwsSettings
 
 # Standard retry mode already backs off with jitter on throttling and 5xx; the sinks add
 # their own backpressure on top, so a few attempts per call are enough.
@@ -22,6 +31,36 @@ _CLIENT_CONFIG = botocore.config.Config(
     retries={"mode": "standard", "max_attempts": 4},
     connect_timeout=5,
     read_timeout=30,
+)
+
+#: Error codes that mean "not now" rather than "never".
+TRANSIENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+    }
+)
+#: The resource is not there.
+MISSING_CODES = frozenset({"404", "NoSuchBucket", "NotFound", "ResourceNotFoundException"})
+#: We may not use it.
+DENIED_CODES = frozenset({"403", "AccessDenied", "AccessDeniedException", "Forbidden", "AllAccessDisabled"})
+
+#: Failures before any answer: the endpoint is unreachable, or credentials cannot be had yet.
+UNREACHABLE = (
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
 )
 
 
@@ -39,3 +78,28 @@ def client(aws: AwsSettings, service: str, **config: Any) -> Any:
     """A client for ``service`` with crypto-live's retry and timeout policy."""
     merged = _CLIENT_CONFIG.merge(botocore.config.Config(**config)) if config else _CLIENT_CONFIG
     return session(aws).client(service, config=merged)
+
+
+def error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def error_text(exc: BaseException) -> str:
+    """``Code: Message`` of an AWS error answer; the exception's own text otherwise."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+    return str(exc)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether waiting and trying again may succeed (see the module docstring)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in TRANSIENT_CODES or status >= 500
+    return isinstance(exc, UNREACHABLE)
+
+
+def is_gone(exc: BaseException) -> bool:
+    """Whether the resource is missing or access to it is denied."""
+    return isinstance(exc, botocore.exceptions.ClientError) and error_code(exc) in MISSING_CODES | DENIED_CODES

@@ -4,24 +4,28 @@ Services are configured only through environment variables (listed in each
 subcommand's --help); command-line options exist only for the local tools
 (`run`, `simulate`). A bad setting ends the command with exit status 2 and one line
 naming the variable — never a traceback.
+
+This is the only place where an error becomes a message and an exit status: every
+failure crypto-live reports is a :class:`~crypto_live.errors.CryptoLiveError` (the tree
+is drawn in :mod:`crypto_live.errors`), printed here as ``crypto-live COMMAND: reason``.
+Services and the shared package never import this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from crypto_live import __version__
-from crypto_live.settings import SERVICES, SettingsError, describe, load, variables
+from crypto_live import __version__, binance, logs
+from crypto_live.errors import CryptoLiveError, SettingsError
+from crypto_live.settings import SERVICES, describe, load, variables
 
 PROG = "crypto-live"
-EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 # subcommand -> (settings class or None, "module:function" running it, one-line summary)
 _SERVICE_ENTRY = {
@@ -29,14 +33,6 @@ _SERVICE_ENTRY = {
     "s3-sink": ("processors.s3_sink:run", "Write the topic to S3 as JSONL objects (by count or time)."),
     "dynamo-sink": ("processors.dynamo_sink:run", "Upsert one DynamoDB row per event, with a TTL."),
 }
-
-
-class CommandError(Exception):
-    """A failure the user can act on; printed as one line, exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
 
 
 def _env_epilog(settings_classes: Sequence[type], extra: Sequence[tuple[str, str]] = ()) -> str:
@@ -140,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--aws", action="store_true", help="only the bucket, table and secret")
     prov.add_argument(
         "--websocket-url",
-        default="wss://stream.binance.com:9443/ws/!miniTicker@arr",
+        default=binance.LIVE_URL,
         help="value stored in BINANCE_WEBSOCKET_SECRET when it has to be created",
     )
     prov.set_defaults(handler=_lazy("crypto_live.provision:provision_command"))
@@ -187,53 +183,22 @@ def config_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print()
         print(f"[{name}]")
         for env, shown, source in describe(settings, environ):
-            print(f"{env}={shown}" + ("" if source == "env" else "  # default"))
+            print(f"{env}={shown}" + ("" if source == "env" else f"  # {source}"))
     endpoint = environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         print(f"\n# boto3 endpoint override: AWS_ENDPOINT_URL={endpoint}")
     return 0
 
 
-def silence_authlib_httpx_warning() -> None:
-    """Hide authlib's import-time deprecation notice (pulled in by quixstreams).
-
-    authlib.deprecate installs an "always" filter for its warning class when it is
-    imported, which would override a filter set earlier; so import it first, then
-    put ours in front.
-    """
-    try:
-        import authlib.deprecate  # noqa: F401
-    except ImportError:
-        return
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
-
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    silence_authlib_httpx_warning()
-    # boto's INFO lines ("Found credentials in environment variables.") are noise here.
-    logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(args.log_level)
     try:
-        return args.handler(args, os.environ if environ is None else environ)
-    except SettingsError as exc:
-        print(f"{PROG} {args.command}: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except CommandError as exc:
-        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
-        return exc.code
+        return int(args.handler(args, os.environ if environ is None else environ))
+    except CryptoLiveError as exc:
+        kind = "configuration error: " if isinstance(exc, SettingsError) else ""
+        print(f"{PROG} {args.command}: {kind}{exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: services raise
-    # crypto_live.cli.CommandError, which must be the class main() catches.
-    from crypto_live.cli import main as _main
-
-    sys.exit(_main())
+        return EXIT_INTERRUPTED

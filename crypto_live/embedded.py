@@ -19,9 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class EmbeddedStackError(RuntimeError):
-    """A local service could not be started; the message says which and why."""
+from crypto_live.errors import EmbeddedStackError
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from crypto_live.errors import TopicSetupError
 from crypto_live.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka settings common to every client of the bus."""
     return {"bootstrap.servers": kafka.bootstrap_servers}
-
-
-class TopicSetupError(RuntimeError):
-    """A topic could not be created or checked; the message names the topic."""
 
 
 def ensure_topics(kafka: KafkaSettings, *, timeout: float = 60.0) -> list[str]:

@@ -11,7 +11,6 @@ DynamoDB rows. Stopping is ordered so nothing read is left behind: the producer 
 from __future__ import annotations
 
 import argparse
-import gzip
 import logging
 import signal
 import socket
@@ -25,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from crypto_live.cli import CommandError
+from crypto_live.binance import LIVE_URL
+from crypto_live.errors import ServiceError
+from crypto_live.observer import Observer, format_status
 from crypto_live.parsers import redact_url
 from crypto_live.settings import DynamoSinkSettings, ProducerSettings, S3SinkSettings, load
 
 log = logging.getLogger(__name__)
 
-LIVE_URL = "wss://stream.binance.com:9443/ws/!miniTicker@arr"
 SERVICES = ("producer", "s3-sink", "dynamo-sink")
 
 
@@ -74,137 +74,6 @@ def tcp_reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    at: float
-    events_in: int
-    dead_letters: int
-    s3_objects: int
-    dynamo_rows: int
-    lag: dict[str, int]
-
-
-def format_status(now: Snapshot, before: Snapshot | None) -> str:
-    """One compact status line (pure)."""
-    rate = 0.0
-    if before is not None and now.at > before.at:
-        rate = (now.events_in - before.events_in) / (now.at - before.at)
-    lag = " ".join(f"{name} {value:,}" for name, value in now.lag.items())
-    return (
-        f"events in {now.events_in:,} ({rate:,.0f}/s) | S3 objects {now.s3_objects:,} | "
-        f"DynamoDB rows {now.dynamo_rows:,} | dead letters {now.dead_letters:,} | lag {lag}"
-    )
-
-
-# ------------------------------------------------------------------ observation
-
-
-class Observer:
-    """Reads the pipeline's progress from the bus and the stores, never from the services."""
-
-    def __init__(self, s3: S3SinkSettings, dynamo: DynamoSinkSettings):
-        from confluent_kafka import Consumer
-
-        from crypto_live import aws
-
-        self._s3_settings, self._dynamo_settings = s3, dynamo
-        self._kafka = s3.kafka
-        self._consumers = {
-            name: Consumer(
-                {"bootstrap.servers": self._kafka.bootstrap_servers, "group.id": group, "enable.auto.commit": False}
-            )
-            for name, group in (("s3", s3.consumer_group), ("dynamo", dynamo.consumer_group))
-        }
-        self._s3 = aws.client(s3.aws, "s3")
-        self._dynamo = aws.client(dynamo.aws, "dynamodb")
-
-    def _end_offsets(self, topic: str) -> dict[int, int]:
-        from confluent_kafka import TopicPartition
-
-        consumer = self._consumers["s3"]
-        partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in partitions}
-
-    def committed(self) -> dict[str, dict[int, int]]:
-        """Each sink group's committed offset per partition of the event topic."""
-        from confluent_kafka import TopicPartition
-
-        partitions = list(self._end_offsets(self._kafka.topic))
-        return {
-            name: {
-                tp.partition: max(tp.offset, 0)
-                for tp in consumer.committed([TopicPartition(self._kafka.topic, p) for p in partitions], timeout=5)
-            }
-            for name, consumer in self._consumers.items()
-        }
-
-    def progress(self) -> tuple[int, dict[str, int]]:
-        """(events in the topic, lag per sink group).
-
-        Some brokers (Tansu) report a high watermark that trails the last record batch,
-        so a partition's end is taken as the furthest of its watermark and every commit.
-        """
-        ends = self._end_offsets(self._kafka.topic)
-        committed = self.committed()
-        for offsets in committed.values():
-            for partition, offset in offsets.items():
-                ends[partition] = max(ends[partition], offset)
-        lag = {name: sum(ends[p] - offsets[p] for p in ends) for name, offsets in committed.items()}
-        return sum(ends.values()), lag
-
-    def lag(self) -> dict[str, int]:
-        return self.progress()[1]
-
-    def s3_keys(self) -> list[str]:
-        prefix = f"{self._s3_settings.prefix}/" if self._s3_settings.prefix else ""
-        keys: list[str] = []
-        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._s3_settings.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return keys
-
-    def s3_rows(self) -> int:
-        """Events held in S3: the lines of every object (gzip bodies decompressed)."""
-        total = 0
-        for key in self.s3_keys():
-            body = self._s3.get_object(Bucket=self._s3_settings.bucket, Key=key)["Body"].read()
-            total += (gzip.decompress(body) if key.endswith(".gz") else body).count(b"\n")
-        return total
-
-    def dynamo_rows(self) -> int:
-        total, kwargs = 0, {"TableName": self._dynamo_settings.table, "Select": "COUNT"}
-        while True:
-            page = self._dynamo.scan(**kwargs)
-            total += page["Count"]
-            if "LastEvaluatedKey" not in page:
-                return total
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def snapshot(self) -> Snapshot:
-        events_in, lag = self.progress()
-        return Snapshot(
-            at=time.monotonic(),
-            events_in=events_in,
-            dead_letters=sum(self._end_offsets(self._kafka.dlq_topic).values()),
-            s3_objects=len(self.s3_keys()),
-            dynamo_rows=self.dynamo_rows(),
-            lag=lag,
-        )
-
-    def sample_row(self, symbol: str) -> dict | None:
-        page = self._dynamo.query(
-            TableName=self._dynamo_settings.table,
-            KeyConditionExpression="symbol = :s",
-            ExpressionAttributeValues={":s": {"S": symbol}},
-            ScanIndexForward=False,
-            Limit=1,
-        )
-        return page["Items"][0] if page["Items"] else None
-
-    def close(self) -> None:
-        for consumer in self._consumers.values():
-            consumer.close()
-
-
 # ------------------------------------------------------------------ the command
 
 
@@ -242,7 +111,7 @@ def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         code = _stop_in_order(children, observer, quiet_for)
         _print_summary(observer, s3, dynamo, env, embedded_aws=not environ.get("AWS_ENDPOINT_URL", "").strip())
         if failed:
-            raise CommandError(f"{failed} exited unexpectedly; see {log_dir}/{failed}.log")
+            raise ServiceError(f"{failed} exited unexpectedly; see {log_dir}/{failed}.log")
         return code
 
 
@@ -254,27 +123,23 @@ def _start_missing_infrastructure(stack: ExitStack, environ: Mapping[str, str]) 
     from crypto_live.embedded import (
         EmbeddedAws,
         EmbeddedBroker,
-        EmbeddedStackError,
         emulator_environment,
         patched_environ,
     )
 
     env: dict[str, str] = {}
-    try:
-        if not environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
-            broker = stack.enter_context(EmbeddedBroker())
-            env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-            # Tansu holds a group's first assignment for half the session timeout: 22 s by
-            # default. A short session keeps the sinks' start-up quick on one machine.
-            if not environ.get("KAFKA_SESSION_TIMEOUT_MS", "").strip():
-                env["KAFKA_SESSION_TIMEOUT_MS"] = "6000"
-            _say(f"started the embedded Kafka broker (Tansu) on {broker.bootstrap_servers}")
-        if not environ.get("AWS_ENDPOINT_URL", "").strip():
-            emulator = stack.enter_context(EmbeddedAws())
-            env.update(emulator_environment(emulator.endpoint_url))
-            _say(f"started the embedded AWS emulator (moto) on {emulator.endpoint_url} (memory only)")
-    except EmbeddedStackError as exc:
-        raise CommandError(str(exc)) from None
+    if not environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+        broker = stack.enter_context(EmbeddedBroker())
+        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+        # Tansu holds a group's first assignment for half the session timeout: 22 s by
+        # default. A short session keeps the sinks' start-up quick on one machine.
+        if not environ.get("KAFKA_SESSION_TIMEOUT_MS", "").strip():
+            env["KAFKA_SESSION_TIMEOUT_MS"] = "6000"
+        _say(f"started the embedded Kafka broker (Tansu) on {broker.bootstrap_servers}")
+    if not environ.get("AWS_ENDPOINT_URL", "").strip():
+        emulator = stack.enter_context(EmbeddedAws())
+        env.update(emulator_environment(emulator.endpoint_url))
+        _say(f"started the embedded AWS emulator (moto) on {emulator.endpoint_url} (memory only)")
     # This process provisions and observes with boto3 too: same endpoint and credentials.
     stack.enter_context(patched_environ(env))
     return env
@@ -293,7 +158,7 @@ def _start_simulator(stack: ExitStack, symbols: int) -> str:
 def _start_service(name: str, env: Mapping[str, str], log_dir: Path) -> subprocess.Popen:
     log_file = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
     return subprocess.Popen(
-        [sys.executable, "-m", "crypto_live.cli", name],
+        [sys.executable, "-m", "crypto_live", name],
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=log_file,

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import botocore.exceptions
 
 from crypto_live import aws
+from crypto_live.errors import SettingsError
 from crypto_live.kafka import ensure_topics
 from crypto_live.parsers import websocket_url as parse_websocket_url
 from crypto_live.settings import (
@@ -23,7 +24,6 @@ from crypto_live.settings import (
     KafkaSettings,
     ProducerSettings,
     S3SinkSettings,
-    SettingsError,
     load,
 )
 

@@ -18,16 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from crypto_live import parsers as p
-
-
-class SettingsError(ValueError):
-    """A configuration value is missing or malformed; ``str()`` is the one-line reason."""
-
-    def __init__(self, variable: str, value: str, expected: str):
-        self.variable = variable
-        self.value = value
-        self.expected = expected
-        super().__init__(f"{variable}={value!r} is invalid: expected {expected}")
+from crypto_live.errors import SettingsError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +77,22 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
 
 def _raw_value(spec: Var, environ: Mapping[str, str], values: dict[str, Any]) -> tuple[str, str | None]:
     """(variable the value came from, raw string or None) — errors name that variable."""
-    raw = environ.get(spec.env)
-    if raw is not None and (raw.strip() or not spec.empty_is_unset):
-        return spec.env, raw.strip()
-    if spec.fallback is not None and environ.get(spec.fallback, "").strip():
-        return spec.fallback, environ[spec.fallback].strip()
+    source = _source(spec, environ)
+    if source is not None:
+        return source, environ[source].strip()
     if spec.derive is not None:
         return spec.env, spec.derive(values)
     return spec.env, spec.default
+
+
+def _source(spec: Var, environ: Mapping[str, str]) -> str | None:
+    """The variable that sets this field: its own, its fallback, or None (a default)."""
+    raw = environ.get(spec.env)
+    if raw is not None and (raw.strip() or not spec.empty_is_unset):
+        return spec.env
+    if spec.fallback is not None and environ.get(spec.fallback, "").strip():
+        return spec.fallback
+    return None
 
 
 def variables(cls: type) -> Iterator[Var]:
@@ -108,7 +107,9 @@ def variables(cls: type) -> Iterator[Var]:
 def describe(obj: Any, environ: Mapping[str, str]) -> Iterator[tuple[str, str, str]]:
     """(variable, shown value, source) for each field of a loaded settings object.
 
-    Secret values are masked; source is ``env`` when the variable was set, else ``default``.
+    Secret values are masked; source is ``env`` when the variable was set, ``from NAME``
+    when the value came from the fallback variable NAME, ``derived`` when it was computed
+    from other fields, else ``default``.
     """
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -119,7 +120,13 @@ def describe(obj: Any, environ: Mapping[str, str]) -> Iterator[tuple[str, str, s
         shown = "" if value is None else p.show(value)
         if spec.secret and value is not None:
             shown = p.redact_url(str(value))
-        source = "env" if environ.get(spec.env, "").strip() else "default"
+        origin = _source(spec, environ)
+        if origin == spec.env:
+            source = "env"
+        elif origin is not None:
+            source = f"from {origin}"
+        else:
+            source = "derived" if spec.derive is not None else "default"
         yield spec.env, shown, source
 
 

@@ -6,9 +6,7 @@ thread drives each scenario and stops the app when it is done.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import socket
 import subprocess
 import sys
 import threading
@@ -24,12 +22,12 @@ from botocore.stub import Stubber
 from confluent_kafka import Producer
 from quixstreams.sinks import SinkBackpressureError, SinkBatch
 
-from crypto_live.embedded import free_port
 from crypto_live.kafka import ensure_topics
 from crypto_live.settings import KafkaSettings, S3SinkSettings, load
 from processors.s3_objects import GZIP_CONTENT_TYPE, JSONL_CONTENT_TYPE
 from processors.s3_sink import BucketSetupError, S3JsonlSink, application, backpressure_delay, jsonl_sink
 from tests.helpers import cli_env, read_topic, wait_for
+from tests.proxy import TcpGate
 
 REGION = "ap-southeast-1"
 HOUR_MS = 3_600_000
@@ -334,72 +332,6 @@ def test_s3_errors_become_backpressure_that_grows_to_its_cap_and_resets():
     assert (sink.objects_written, sink.backpressures) == (1, 5)
     # With the defaults a pause never exceeds 30 s: an outage of any length costs at most 30 s after it.
     assert [backpressure_delay(n) for n in (0, 1, 4, 5, 50)] == [1.0, 2.0, 16.0, 30.0, 30.0]
-
-
-class TcpGate:
-    """A loopback TCP forwarder to ``target_port`` that can refuse connections for a while (an outage)."""
-
-    def __init__(self, target_port: int):
-        self.port = free_port()
-        self._target = target_port
-        self._listening = threading.Event()
-        self._acceptor: threading.Thread | None = None
-        self._connections: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def open(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port))
-        server.settimeout(0.05)
-        self._listening.set()
-        self._acceptor = threading.Thread(target=self._accept, args=(server,), daemon=True)
-        self._acceptor.start()
-
-    def close(self) -> None:
-        """Stop listening (new connections are refused) and cut every open connection."""
-        self._listening.clear()
-        if self._acceptor is not None:
-            self._acceptor.join()
-        with self._lock:
-            for conn in self._connections:
-                _shutdown(conn)  # wakes the pumps, which close the sockets themselves
-
-    def _accept(self, server: socket.socket) -> None:
-        with server:
-            while self._listening.is_set():
-                try:
-                    client, _ = server.accept()
-                except TimeoutError:
-                    continue
-                upstream = socket.create_connection(("127.0.0.1", self._target))
-                with self._lock:
-                    self._connections += [client, upstream]
-                pumps_left = [2]
-                for source, target in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(source, target, pumps_left), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, pumps_left: list[int]) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        _shutdown(source)
-        _shutdown(target)
-        with self._lock:
-            pumps_left[0] -= 1
-            if pumps_left[0] == 0:  # closed only when neither pump can touch them any more
-                for conn in (source, target):
-                    self._connections.remove(conn)
-                    conn.close()
-
-
-def _shutdown(conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)
 
 
 def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from crypto_live.settings import SettingsError
+from crypto_live.errors import SettingsError
 
 from .faults import FaultSchedule
 from .server import SimulatorOptions, run

@@ -29,6 +29,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from crypto_live.errors import HandshakeError
+
 MAX_STREAMS = 1024
 MAX_MESSAGES_PER_SECOND = 5
 RATE_WINDOW = 1.0  # seconds
@@ -37,15 +39,6 @@ SYMBOL_SUFFIX = "@miniTicker"
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 POLICY_VIOLATION = 1008  # RFC 6455 close code for "you broke the rules"
 GOING_AWAY = 1001  # RFC 6455 close code for a server going down
-
-
-class HandshakeError(ValueError):
-    """A request path the server must refuse with HTTP ``status``."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

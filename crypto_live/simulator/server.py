@@ -33,6 +33,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from crypto_live.errors import HandshakeError
+
 from . import market, protocol
 from .faults import JUNK_FRAMES, Fault, FaultSchedule
 
@@ -323,7 +325,7 @@ class SimulatorServer:
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
             protocol.parse_path(request.path, self._symbol_set)
-        except protocol.HandshakeError as exc:
+        except HandshakeError as exc:
             return connection.respond(exc.status, exc.reason + "\n")
         return None
 

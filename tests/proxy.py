@@ -1,0 +1,75 @@
+"""A loopback TCP forwarder that can cut and refuse connections: an outage on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from crypto_live.embedded import free_port
+
+
+class TcpGate:
+    """A loopback TCP forwarder to ``target_port`` that can refuse connections for a while (an outage)."""
+
+    def __init__(self, target_port: int):
+        self.port = free_port()
+        self._target = target_port
+        self._listening = threading.Event()
+        self._acceptor: threading.Thread | None = None
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        server.settimeout(0.05)
+        self._listening.set()
+        self._acceptor = threading.Thread(target=self._accept, args=(server,), daemon=True)
+        self._acceptor.start()
+
+    def close(self) -> None:
+        """Stop listening (new connections are refused) and cut every open connection."""
+        self._listening.clear()
+        if self._acceptor is not None:
+            self._acceptor.join()
+        with self._lock:
+            for conn in self._connections:
+                _shutdown(conn)  # wakes the pumps, which close the sockets themselves
+
+    def _accept(self, server: socket.socket) -> None:
+        with server:
+            while self._listening.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self._target))
+                with self._lock:
+                    self._connections += [client, upstream]
+                pumps_left = [2]
+                for source, target in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(source, target, pumps_left), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, pumps_left: list[int]) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        _shutdown(source)
+        _shutdown(target)
+        with self._lock:
+            pumps_left[0] -= 1
+            if pumps_left[0] == 0:  # closed only when neither pump can touch them any more
+                for conn in (source, target):
+                    self._connections.remove(conn)
+                    conn.close()
+
+
+def _shutdown(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
