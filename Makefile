@@ -1,15 +1,20 @@
 # Every target creates the virtual environment it needs; only Python >= 3.11 is required.
+# The environment installs the versions recorded in constraints.txt, the set CI last tested;
+# `make lock` moves them to the newest that pyproject.toml allows.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+LOCK   := constraints.txt
+# compat: a plain .pth entry for the checkout. The default editable mode maps packages with
+# an import hook and warns about folders named like packages, as this flat layout has.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run simulate test lint bench clean
+.PHONY: run simulate test lint bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP_INSTALL) --constraint $(LOCK) --config-settings editable_mode=compat --editable '.[dev]'
 	touch $@
 
 run: $(STAMP)  ## the whole pipeline on embedded defaults (Ctrl-C stops it)
@@ -21,11 +26,21 @@ simulate: $(STAMP)  ## the market simulator alone, on ws://127.0.0.1:8765
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest $(ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff's lint and format checks, then mypy (strict) on the three packages
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
+lock:  ## resolve the newest versions pyproject.toml allows into constraints.txt
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check '.[dev]'
+	{ echo '# The versions CI last tested (make lock regenerates this file); used by make and the Dockerfile.'; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^crypto-live'; } > $(LOCK)
+	rm -rf .venv-lock
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

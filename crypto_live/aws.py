@@ -9,9 +9,11 @@ Errors, for every caller (both sinks, provisioning, the producer's secret):
 
 * :func:`is_transient` -- "not now": throttling, 5xx, a timeout, an endpoint unreachable.
   Services wait these out (backpressure) and never stop for them.
-* :func:`is_gone` -- "not here": the resource does not exist or access is denied. A sink
-  stops for these (see :class:`~crypto_live.errors.DestinationGoneError`).
+* :func:`is_gone` -- "not here": the resource does not exist or access is denied.
 * anything else is a bug or a misconfiguration, reported with :func:`error_text`.
+
+A sink stops for anything that is not transient (see
+:class:`~crypto_live.errors.DestinationError`).
 """
 
 from __future__ import annotations

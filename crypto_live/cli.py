@@ -154,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import(target: str) -> Callable[..., Any]:
+def _import(target: str) -> Callable[..., int]:
     module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)
+    entry: Callable[..., int] = getattr(importlib.import_module(module), function)
+    return entry
 
 
 def _lazy(target: str) -> Callable[[argparse.Namespace, Mapping[str, str]], int]:
@@ -195,7 +196,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
     try:
-        return int(args.handler(args, os.environ if environ is None else environ))
+        handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
+        return handler(args, os.environ if environ is None else environ)
     except CryptoLiveError as exc:
         kind = "configuration error: " if isinstance(exc, SettingsError) else ""
         print(f"{PROG} {args.command}: {kind}{exc}", file=sys.stderr)

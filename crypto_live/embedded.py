@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _port_open(port: int) -> bool:
@@ -40,10 +42,10 @@ class _Child:
     name: str
     argv: list[str]
     port: int
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log: Any = field(default=None, repr=False)
 
-    def start(self, ready, timeout: float) -> None:
+    def start(self, ready: Callable[[], bool], timeout: float) -> None:
         # Output goes to a file, never a pipe: nobody reads a pipe while the child runs,
         # and a full one (moto logs every request) would freeze the child.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
@@ -131,7 +133,7 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -174,7 +176,7 @@ class EmbeddedAws:
     def __enter__(self) -> EmbeddedAws:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -193,7 +195,7 @@ def emulator_environment(endpoint_url: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def patched_environ(values: dict[str, str]):
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
     """Temporarily set environment variables (restored afterwards)."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)

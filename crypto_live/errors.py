@@ -10,7 +10,7 @@
     │   ├── TableSetupError          the DynamoDB table is missing, mis-keyed or unreadable
     │   ├── SecretError              the websocket secret is missing or holds no usable URL
     │   └── EmbeddedStackError       the embedded broker or AWS emulator did not start
-    ├── DestinationGoneError         a bucket or table vanished, or access to it was revoked, while running
+    ├── DestinationError             a bucket or table refuses writes for good: gone, access revoked, request refused
     ├── DeliveryError                the producer stopped with messages Kafka never acknowledged
     ├── ServiceError                 a service stopped by itself (an internal error, a child process died)
     └── HandshakeError               the simulator refuses a websocket upgrade with an HTTP status
@@ -75,12 +75,14 @@ class EmbeddedStackError(SetupError):
     """A local service (Tansu, moto) could not be started; says which and why."""
 
 
-class DestinationGoneError(CryptoLiveError):
-    """A sink's bucket or table disappeared, or access to it was revoked, while running.
+class DestinationError(CryptoLiveError):
+    """A sink's bucket or table refused a write in a way waiting will not fix: it was
+    deleted, access to it was revoked, or it rejects the request itself.
 
-    The rule for both sinks: this stops the process (nothing is committed past what was
-    stored), unlike an outage or throttling, which are waited out. A restart after the
-    fix resumes from the last committed offset; the start-up check reports the cause.
+    The rule for both sinks: this stops the process with one line naming the bucket or
+    table, and nothing is committed past what was stored. Outages, throttling and 5xx
+    answers are not this: they are waited out (backpressure), however long they last. A
+    restart after the fix resumes from the last committed offset.
     """
 
 

@@ -87,13 +87,15 @@ def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with ExitStack() as stack:
         env = dict(environ)
         env.update(_start_missing_infrastructure(stack, environ))
-        producer, s3, dynamo = (load(cls, env) for cls in (ProducerSettings, S3SinkSettings, DynamoSinkSettings))
+        producer = load(ProducerSettings, env)
+        s3 = load(S3SinkSettings, env)
+        dynamo = load(DynamoSinkSettings, env)
 
         source = choose_source(env, args.simulate, tcp_reachable)
         _say(source.note)
         if source.url is None:
             env["BINANCE_WEBSOCKET_URL"] = _start_simulator(stack, args.symbols)
-        secret_url = source.url if source.kind == "live" else env["BINANCE_WEBSOCKET_URL"]
+        secret_url = source.url or env["BINANCE_WEBSOCKET_URL"]
 
         from crypto_live.provision import provision_aws, provision_kafka
 
@@ -155,7 +157,7 @@ def _start_simulator(stack: ExitStack, symbols: int) -> str:
     return simulator.url("!miniTicker@arr")
 
 
-def _start_service(name: str, env: Mapping[str, str], log_dir: Path) -> subprocess.Popen:
+def _start_service(name: str, env: Mapping[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
     log_file = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
     return subprocess.Popen(
         [sys.executable, "-m", "crypto_live", name],
@@ -168,7 +170,7 @@ def _start_service(name: str, env: Mapping[str, str], log_dir: Path) -> subproce
 
 
 def _watch(
-    children: dict[str, subprocess.Popen], observer: Observer, stop: threading.Event, duration: float | None
+    children: dict[str, subprocess.Popen[bytes]], observer: Observer, stop: threading.Event, duration: float | None
 ) -> str | None:
     """Show status until asked to stop; the name of a child that died on its own, if any."""
     deadline = None if duration is None else time.monotonic() + duration
@@ -198,7 +200,7 @@ def _watch(
     return None
 
 
-def _terminate(child: subprocess.Popen, timeout: float) -> int:
+def _terminate(child: subprocess.Popen[bytes], timeout: float) -> int:
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
     try:
@@ -208,7 +210,7 @@ def _terminate(child: subprocess.Popen, timeout: float) -> int:
         return child.wait()
 
 
-def _stop_in_order(children: dict[str, subprocess.Popen], observer: Observer, quiet_for: float) -> int:
+def _stop_in_order(children: dict[str, subprocess.Popen[bytes]], observer: Observer, quiet_for: float) -> int:
     """Producer first; then the sinks, once their commits have not moved for ``quiet_for`` s.
 
     A sink commits within its batch timeout of reading the last event, so commits that

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -99,10 +100,11 @@ class Observer:
         return total
 
     def dynamo_rows(self) -> int:
-        total, kwargs = 0, {"TableName": self._dynamo_settings.table, "Select": "COUNT"}
+        total = 0
+        kwargs: dict[str, Any] = {"TableName": self._dynamo_settings.table, "Select": "COUNT"}
         while True:
             page = self._dynamo.scan(**kwargs)
-            total += page["Count"]
+            total += int(page["Count"])
             if "LastEvaluatedKey" not in page:
                 return total
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -306,7 +306,7 @@ class DynamoSinkSettings:
     )
 
 
-SERVICES: dict[str, type] = {
+SERVICES: dict[str, type[Any]] = {
     "producer": ProducerSettings,
     "s3-sink": S3SinkSettings,
     "dynamo-sink": DynamoSinkSettings,
