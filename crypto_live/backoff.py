@@ -17,10 +17,17 @@ from collections.abc import Callable, Iterator
 
 
 def exponential(base: float, cap: float, factor: float = 2.0) -> Iterator[float]:
-    """``base × factor^n`` for n = 0, 1, ..., never above ``cap``; infinite."""
+    """``base × factor^n`` for n = 0, 1, ..., never above ``cap``; infinite.
+
+    Raises ValueError at once (not at the first ``next()``) for a non-positive base or cap
+    or a factor below 1.
+    """
     if base <= 0 or cap <= 0 or factor < 1:
         raise ValueError("base and cap must be positive and factor at least 1")
-    delay = min(base, cap)
+    return _growing(min(base, cap), cap, factor)
+
+
+def _growing(delay: float, cap: float, factor: float) -> Iterator[float]:
     while True:
         yield delay
         delay = min(cap, delay * factor)

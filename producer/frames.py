@@ -64,6 +64,7 @@ def parse_frame(raw: bytes | str) -> Frame:
     if isinstance(payload, dict) and "stream" in payload and "data" in payload:
         stream, payload = payload["stream"], payload["data"]
     where = f" (stream {stream!r})" if isinstance(stream, str) else ""
+    items: list[tuple[Any, bytes | None, str]]
     if isinstance(payload, list):
         count = len(payload)
         items = [(item, None, f"item {i} of {count}{where}: ") for i, item in enumerate(payload, start=1)]

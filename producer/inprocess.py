@@ -2,10 +2,12 @@
 
     with ProducerThread(settings) as producer:      # resolves the URL, starts reading
         wait_for(lambda: producer.stats.published > 100)
-    producer.exit_code                               # 0, or the CommandError raised
+    producer.exit_code                               # 0 once stopped cleanly
 
 ``stop()`` does what SIGTERM does (stop reading, flush, exit) and returns the exit code;
-a failed flush re-raises the :class:`~crypto_live.cli.CommandError` from ``stop()``.
+whatever the service raised is raised again from ``stop()``: a failed flush's
+:class:`~crypto_live.errors.DeliveryError`, a crashed task's
+:class:`~crypto_live.errors.ServiceError`.
 """
 
 from __future__ import annotations

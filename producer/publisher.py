@@ -106,7 +106,7 @@ class Publisher:
         self._lock = asyncio.Lock()  # one poller of the librdkafka handle at a time
         self._resend: list[Pending] = []
         self._brokers_down = False
-        self._background: asyncio.Task | None = None
+        self._background: asyncio.Task[None] | None = None
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:

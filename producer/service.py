@@ -2,15 +2,14 @@
 
 One asyncio event loop runs everything:
 
-* one reader per :class:`~producer.source.ConnectionPlan`, reconnecting forever with
-  :class:`~producer.backoff.Backoff` under a shared
-  :class:`~producer.backoff.ConnectionBudget`; websockets answers the server's pings
-  and sends its own (keepalive is its job), but liveness is judged only by data: no
-  event for PRODUCER_STALE_AFTER seconds drops the connection;
-* a connection is also left on ``serverShutdown`` (reconnect at once) and after
-  PRODUCER_MAX_CONNECTION_AGE seconds (before Binance's 24 h cut). Leaving is always a
-  close handshake during which the frames already on their way are still read, so
-  whatever the server sent before its close frame is published;
+* one :class:`Reader` per :class:`~producer.source.ConnectionPlan`, reconnecting
+  forever under a shared :class:`~producer.budget.ConnectionBudget`. When to leave a
+  connection (stale stream, maximum age, serverShutdown, stop) and how long to wait
+  before the next one (backoff, at once, or the cap after an HTTP 4xx refusal) is
+  decided by the pure :class:`~producer.lifecycle.Lifecycle`; the reader only does the
+  I/O. websockets answers the server's pings and sends its own (keepalive is its job).
+  Leaving is always a close handshake during which the frames already on their way are
+  still read, so whatever the server sent before its close frame is published;
 * the :class:`~producer.publisher.Publisher` (delivery reports via ``poll(0)`` from a
   task: the loop never blocks on Kafka, so pongs always leave in time) and the
   :class:`~producer.topics.TopicKeeper` (topics created in the background: a broker
@@ -18,9 +17,10 @@ One asyncio event loop runs everything:
 * a stats line every PRODUCER_STATS_INTERVAL seconds.
 
 SIGINT/SIGTERM: stop reading (close handshakes, frames in transit still read), flush
-for what is left of PRODUCER_SHUTDOWN_TIMEOUT, exit 0 — or exit 1 saying how many
-messages were not delivered. Logs name the websocket by host (and stream count) only:
-the URL path and query may carry credentials.
+for what is left of PRODUCER_SHUTDOWN_TIMEOUT, exit 0 — or raise
+:class:`~crypto_live.errors.DeliveryError` saying how many messages were not delivered
+(:class:`~crypto_live.errors.ServiceError` when an internal task crashed). Logs name the
+websocket by host (and stream count) only: the URL path and query may carry credentials.
 """
 
 from __future__ import annotations
@@ -29,17 +29,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from crypto_live.cli import CommandError
+from crypto_live.errors import DeliveryError, ServiceError
 from crypto_live.settings import ProducerSettings
 
-from .backoff import Backoff, ConnectionBudget
+from .budget import ConnectionBudget
 from .frames import Frame, parse_frame
+from .lifecycle import Cause, Leaving, Lifecycle
 from .publisher import Publisher
 from .source import CONTROL_MESSAGES_PER_SECOND, ConnectionPlan, plan_connections, resolve_url
 from .stats import Stats, stats_line
@@ -65,14 +66,6 @@ def run(settings: ProducerSettings) -> int:
     return asyncio.run(ProducerService(settings, plans).main())
 
 
-@dataclass(frozen=True)
-class Leaving:
-    """Why a connection ended, and whether to reconnect at once rather than back off."""
-
-    why: str
-    immediate: bool = False
-
-
 class ProducerService:
     """The running producer. :meth:`main` runs until :meth:`request_stop` (or a signal)."""
 
@@ -83,17 +76,22 @@ class ProducerService:
         self.plans = plans
         self.stats = Stats()
         self.budget = budget or ConnectionBudget()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once main() runs
+        self._stop = asyncio.Event()  # bound to main()'s loop when first awaited there
         self._readers: list[Reader] = []
         self._invalid_logged = 0
-        self._deadline = 0.0
         self._stop_requested = False
-        self.publisher: Publisher | None = None
+        self._publisher: Publisher | None = None
 
     @property
     def stopping(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
+        return self._stop.is_set()
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError("the producer is not running")
+        return self._publisher
 
     def request_stop(self) -> None:
         """Stop reading, flush and return from :meth:`main`; callable from any thread."""
@@ -102,25 +100,22 @@ class ProducerService:
             self._loop.call_soon_threadsafe(self._begin_stop)
 
     def _begin_stop(self) -> None:
-        if self._stop is None:
-            return
         if self._stop.is_set():
             log.info("already stopping: flushing for at most %g s", self.settings.shutdown_timeout)
             return
         log.info("stopping: closing %d connection(s), then flushing", len(self._readers))
         self._stop.set()
         for reader in self._readers:
-            reader.close()
+            reader.stop()
 
     async def main(self, *, install_signal_handlers: bool = True) -> int:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        started = self._loop.time()
+        loop = self._loop = asyncio.get_running_loop()
+        started = loop.time()
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._loop.add_signal_handler(sig, self._begin_stop)
+                loop.add_signal_handler(sig, self._begin_stop)
         keeper = TopicKeeper(self.settings.kafka, self._topics_recreated)
-        self.publisher = Publisher(self.settings.kafka, self.stats, on_brokers_down=keeper.check_soon)
+        publisher = self._publisher = Publisher(self.settings.kafka, self.stats, on_brokers_down=keeper.check_soon)
         self._readers = [Reader(plan, self) for plan in self.plans]
         log.info(
             "producer starting: %s -> topic %s (dead letters: %s) at %s",
@@ -131,38 +126,40 @@ class ProducerService:
         )
         background = [
             asyncio.create_task(keeper.run(), name="topic-keeper"),
-            asyncio.create_task(self.publisher.serve(), name="delivery-reports"),
+            asyncio.create_task(publisher.serve(), name="delivery-reports"),
             asyncio.create_task(self._report(), name="stats"),
         ]
         readers = [asyncio.create_task(r.run(), name=f"reader-{i}") for i, r in enumerate(self._readers)]
         if self._stop_requested:
             self._begin_stop()
         crashed = await self._wait_for_stop(background + readers)
+        deadline = loop.time() + self.settings.shutdown_timeout
         try:
             await self._stop_readers(readers)
             for task in background[1:]:  # the keeper stays: a broker back empty mid-flush needs it
                 task.cancel()
-            left = await self.publisher.flush(max(0.0, self._deadline - self._loop.time()))
+            left = await publisher.flush(max(0.0, deadline - loop.time()))
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-        log.info("final stats: %s", stats_line(Stats(), self.stats, self._loop.time() - started, left))
+        log.info("final stats: %s", stats_line(Stats(), self.stats, loop.time() - started, left))
         undelivered = self.stats.undelivered()
         if undelivered:
-            raise CommandError(
+            raise DeliveryError(
                 f"{undelivered} messages were not delivered to Kafka at {self.settings.kafka.bootstrap_servers} "
                 f"(PRODUCER_SHUTDOWN_TIMEOUT={self.settings.shutdown_timeout:g} s)"
             )
         if crashed:
-            raise CommandError(f"stopped after an internal error: {crashed}")
+            raise ServiceError(f"stopped after an internal error: {crashed}")
         log.info("stopped: every message read was delivered")
         return 0
 
-    async def _wait_for_stop(self, tasks: list[asyncio.Task]) -> str | None:
+    async def _wait_for_stop(self, tasks: list[asyncio.Task[None]]) -> str | None:
         """Wait for a stop request; a task that ends by itself is a bug: stop then too."""
         stop = asyncio.create_task(self._stop.wait())
-        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Task[Any]] = [stop, *tasks]
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         crashed = None
         for task in done - {stop}:
             if task.exception() is None and self.stopping:
@@ -171,11 +168,10 @@ class ProducerService:
             log.error("%s; stopping", crashed, exc_info=task.exception())
         if not self.stopping:
             self._begin_stop()
-        self._deadline = self._loop.time() + self.settings.shutdown_timeout
         stop.cancel()
         return crashed
 
-    async def _stop_readers(self, readers: list[asyncio.Task]) -> None:
+    async def _stop_readers(self, readers: list[asyncio.Task[None]]) -> None:
         budget = min(CLOSE_TIMEOUT + 1.0, self.settings.shutdown_timeout / 2)
         _, pending = await asyncio.wait(readers, timeout=budget) if readers else (set(), set())
         for task in pending:  # e.g. waiting on a full local queue
@@ -189,16 +185,16 @@ class ProducerService:
     async def handle(self, raw: bytes) -> Frame:
         """Publish one frame's events and dead-letter its invalid items."""
         frame = parse_frame(raw)
-        stats = self.stats
+        stats, publisher = self.stats, self.publisher
         stats.events += len(frame.events)
         for event in frame.events:
-            await self.publisher.publish(event)
+            await publisher.publish(event)
         if frame.not_json:
             stats.not_json += 1
         for item in frame.rejected:
             stats.invalid += 1
             self._log_invalid(item.reason)
-            await self.publisher.dead_letter(item.reason, item.raw)
+            await publisher.dead_letter(item.reason, item.raw)
         for answer in frame.answers:
             stats.answers += 1
             if answer.get("error") is not None:
@@ -220,29 +216,37 @@ class ProducerService:
         return self.stopping
 
     async def _report(self) -> None:
-        previous, since = self.stats.snapshot(), self._loop.time()
+        loop = asyncio.get_running_loop()
+        previous, since = self.stats.snapshot(), loop.time()
         while True:
             await asyncio.sleep(self.settings.stats_interval)
-            current, now = self.stats.snapshot(), self._loop.time()
+            current, now = self.stats.snapshot(), loop.time()
             log.info("stats: %s", stats_line(previous, current, now - since, self.publisher.in_flight))
             previous, since = current, now
 
 
 class Reader:
-    """Reads one planned connection, forever: connect, read, leave, back off, repeat."""
+    """Reads one planned connection, forever: connect, read, leave, wait, repeat.
+
+    The I/O shell around a :class:`~producer.lifecycle.Lifecycle`, which decides when to
+    leave a connection and how long to wait before the next one.
+    """
 
     def __init__(self, plan: ConnectionPlan, service: ProducerService):
         self.plan = plan
         self.service = service
-        self.settings = service.settings
-        self.backoff = Backoff(cap=service.settings.reconnect_max_delay)
+        settings = service.settings
+        self.lifecycle = Lifecycle(
+            stale_after=settings.stale_after,
+            max_age=settings.max_connection_age,
+            reconnect_cap=settings.reconnect_max_delay,
+        )
         self._ws: ClientConnection | None = None
-        self._closing: asyncio.Task | None = None
+        self._closing: asyncio.Task[None] | None = None
 
-    def close(self) -> None:
-        """Start the close handshake of the current connection, if any."""
-        if self._ws is not None and self._closing is None:
-            self._closing = asyncio.create_task(self._ws.close())
+    def stop(self) -> None:
+        """Leave the current connection, if any, and never connect again."""
+        self._leave(self.lifecycle.stop_requested())
 
     async def run(self) -> None:
         service, loop = self.service, asyncio.get_running_loop()
@@ -259,11 +263,14 @@ class Reader:
                     break
             service.budget.record(loop.time())
             leaving = await self._connect_and_read()
-            if service.stopping:
+            delay = self.lifecycle.reconnect_delay(leaving)
+            if delay is None:
                 break
             service.stats.reconnects += 1
-            delay = 0.0 if leaving.immediate else self.backoff.next_delay()
-            log.warning("%s: %s; reconnecting in %.1f s", self.plan.label, leaving.why, delay)
+            if leaving.cause is Cause.REFUSED:
+                log.error("%s: %s; retrying in %.1f s", self.plan.label, leaving.why, delay)
+            else:
+                log.warning("%s: %s; reconnecting in %.1f s", self.plan.label, leaving.why, delay)
             if await service.sleep(delay):
                 break
 
@@ -288,8 +295,10 @@ class Reader:
                     self._ws = None
                     if subscribing is not None:
                         subscribing.cancel()
+        except InvalidStatus as exc:
+            return self.lifecycle.failed(self._redact(str(exc)), exc.response.status_code)
         except (OSError, TimeoutError, WebSocketException) as exc:
-            return Leaving(self._redact(f"{type(exc).__name__}: {exc}"))
+            return self.lifecycle.failed(self._redact(f"{type(exc).__name__}: {exc}"))
 
     async def _subscribe(self, ws: ClientConnection) -> None:
         """Send the SUBSCRIBE frames, paced under Binance's control-message limit."""
@@ -298,37 +307,32 @@ class Reader:
             await asyncio.sleep(1.0 / CONTROL_MESSAGES_PER_SECOND)
 
     async def _read(self, ws: ClientConnection) -> Leaving:
-        loop, stats, settings = asyncio.get_running_loop(), self.service.stats, self.settings
-        opened = last_data = loop.time()
-        leaving: Leaving | None = None
+        loop, lifecycle = asyncio.get_running_loop(), self.lifecycle
+        self._leave(lifecycle.opened(loop.time()))
         while True:
-            if leaving is None and self.service.stopping:
-                leaving = Leaving("stopping")
-                self.close()
-            timeout = None
-            if leaving is None:
-                timeout = min(last_data + settings.stale_after, opened + settings.max_connection_age) - loop.time()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(lifecycle.deadline):
                     raw = await ws.recv(decode=False)
             except TimeoutError:
-                if loop.time() - opened >= settings.max_connection_age:
-                    leaving = Leaving(f"connection is {settings.max_connection_age:g} s old", immediate=True)
-                else:
-                    stats.stale += 1
-                    leaving = Leaving(f"no data for {settings.stale_after:g} s (stale stream)")
-                self.close()
+                self._leave(lifecycle.timed_out(loop.time()))
                 continue
             except ConnectionClosed as exc:
-                return leaving or Leaving(f"connection closed: {exc}")
+                return lifecycle.closed(self._redact(str(exc)))
             frame = await self.service.handle(raw)
-            if frame.events:
-                last_data = loop.time()
-                self.backoff.reset()
-            if frame.server_shutdown and leaving is None:
-                stats.server_shutdowns += 1
-                leaving = Leaving("serverShutdown received", immediate=True)
-                self.close()
+            self._leave(
+                lifecycle.frame(loop.time(), had_events=bool(frame.events), server_shutdown=frame.server_shutdown)
+            )
+
+    def _leave(self, leaving: Leaving | None) -> None:
+        """Carry out a decision to leave the connection: count it, start the close handshake."""
+        if leaving is None:
+            return
+        if leaving.cause is Cause.STALE:
+            self.service.stats.stale += 1
+        elif leaving.cause is Cause.SERVER_SHUTDOWN:
+            self.service.stats.server_shutdowns += 1
+        if self._ws is not None and self._closing is None:
+            self._closing = asyncio.create_task(self._ws.close())
 
     def _redact(self, text: str) -> str:
         """``text`` without the URL's path or query (exception messages may quote them)."""

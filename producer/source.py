@@ -3,7 +3,7 @@
 * :func:`resolve_url` — BINANCE_WEBSOCKET_URL when set, otherwise the Secrets Manager
   secret named by BINANCE_WEBSOCKET_SECRET, whose value is the URL itself or a JSON
   object ``{"url": "wss://..."}``. A missing secret or an unusable value is a
-  :class:`~crypto_live.cli.CommandError` naming the secret, never showing its value.
+  :class:`~crypto_live.errors.SecretError` naming the secret, never showing its value.
 * :func:`plan_connections` (pure) — which URLs to open and which SUBSCRIBE frames to
   send on each. Without symbols: the URL as given (by default the all-market
   ``!miniTicker@arr``). With symbols: ``<symbol>@miniTicker`` streams on the same host,
@@ -26,18 +26,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import botocore.exceptions
 import orjson
 
-from crypto_live import aws, parsers
-from crypto_live.cli import CommandError
+from crypto_live import aws, binance, parsers
+from crypto_live.binance import MAX_STREAMS_PER_CONNECTION, stream_name
+from crypto_live.errors import SecretError, SettingsError
 from crypto_live.settings import ProducerSettings
 
-ALL_MARKET_STREAM = "!miniTicker@arr"
-STREAM_SUFFIX = "@miniTicker"
-#: Binance: "A single connection can listen to a maximum of 1024 streams."
-MAX_STREAMS_PER_CONNECTION = 1024
 #: Streams named in the URL or in one SUBSCRIBE frame (keeps URLs and frames short).
 STREAMS_PER_MESSAGE = 200
-#: Binance allows 5 incoming messages a second, pings and pongs included: send 4 at most.
-CONTROL_MESSAGES_PER_SECOND = 4
+#: Binance's limit counts every incoming message, pings and pongs included: one a second
+#: is left for websockets' keepalive, so a SUBSCRIBE burst never gets the connection cut.
+CONTROL_MESSAGES_PER_SECOND = binance.MAX_MESSAGES_PER_SECOND - 1
 
 
 @dataclass(frozen=True)
@@ -56,11 +54,6 @@ class ConnectionPlan:
         return f"{shown} ({len(self.streams)} streams)" if self.streams else shown
 
 
-def stream_name(symbol: str) -> str:
-    """``BTCUSDT`` -> ``btcusdt@miniTicker`` (Binance stream names are lower-case)."""
-    return symbol.lower() + STREAM_SUFFIX
-
-
 def plan_connections(
     url: str,
     symbols: tuple[str, ...] = (),
@@ -70,8 +63,9 @@ def plan_connections(
 ) -> list[ConnectionPlan]:
     """The connections to open to read ``symbols`` (all-market when empty) from ``url``.
 
-    Raises CommandError when symbols are given and ``url``'s path has no ``/ws`` or
-    ``/stream`` segment to derive the stream endpoint from.
+    Raises SettingsError (BINANCE_WEBSOCKET_URL, path and query redacted) when symbols
+    are given and ``url``'s path has no ``/ws`` or ``/stream`` segment to derive the
+    stream endpoint from.
     """
     if not symbols:
         return [ConnectionPlan(url)]
@@ -91,18 +85,25 @@ def plan_connections(
 def combined_url(url: str, streams: list[str]) -> str:
     """``url``'s combined-stream endpoint for ``streams``, other query parameters kept."""
     parts = urlsplit(url)
-    segments = parts.path.split("/")
-    for index, segment in enumerate(segments):
-        if segment in {"ws", "stream"}:
-            root = "/".join(segments[:index])
-            break
-    else:
-        raise CommandError(
-            f"BINANCE_SYMBOLS needs a websocket URL whose path contains /ws or /stream (got {parsers.redact_url(url)})"
+    root = stream_root(parts.path)
+    if root is None:
+        raise SettingsError(
+            "BINANCE_WEBSOCKET_URL",
+            parsers.redact_url(url),
+            "a URL whose path contains /ws or /stream, where BINANCE_SYMBOLS' streams are read",
         )
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "streams"]
     query.append(("streams", "/".join(streams)))
     return urlunsplit((parts.scheme, parts.netloc, root + "/stream", urlencode(query, safe="/@!"), ""))
+
+
+def stream_root(path: str) -> str | None:
+    """The part of a URL ``path`` before its ``/ws`` or ``/stream`` segment; None without one."""
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        if segment in {"ws", "stream"}:
+            return "/".join(segments[:index])
+    return None
 
 
 def subscribe_frame(streams: list[str], request_id: int) -> bytes:
@@ -122,19 +123,23 @@ def url_from_secret_value(secret: str, value: str) -> str:
         try:
             obj: Any = orjson.loads(text)
         except orjson.JSONDecodeError:
-            raise CommandError(f"secret {secret!r} looks like JSON but does not parse") from None
+            raise SecretError(f"secret {secret!r} looks like JSON but does not parse") from None
         candidate = obj.get("url") if isinstance(obj, dict) else None
         if not isinstance(candidate, str):
-            raise CommandError(f"secret {secret!r} is a JSON object without a string field 'url'")
+            raise SecretError(f"secret {secret!r} is a JSON object without a string field 'url'")
         text = candidate.strip()
     try:
         return parsers.websocket_url(text)
     except ValueError as exc:
-        raise CommandError(f"secret {secret!r} does not hold a websocket URL: expected {exc}") from None
+        raise SecretError(f"secret {secret!r} does not hold a websocket URL: expected {exc}") from None
 
 
 def resolve_url(settings: ProducerSettings) -> str:
-    """BINANCE_WEBSOCKET_URL if set, else the URL read from Secrets Manager."""
+    """BINANCE_WEBSOCKET_URL if set, else the URL read from Secrets Manager.
+
+    A secret whose URL cannot carry BINANCE_SYMBOLS (no ``/ws`` or ``/stream`` in its
+    path) is a SecretError here, naming the secret rather than BINANCE_WEBSOCKET_URL.
+    """
     if settings.websocket_url:
         return settings.websocket_url
     name = settings.websocket_secret
@@ -142,23 +147,27 @@ def resolve_url(settings: ProducerSettings) -> str:
         with _quiet_botocore():
             response = aws.client(settings.aws, "secretsmanager").get_secret_value(SecretId=name)
     except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
-        if code == "ResourceNotFoundException":
-            raise CommandError(
+        if aws.error_code(exc) == "ResourceNotFoundException":
+            raise SecretError(
                 f"secret {name!r} not found in Secrets Manager ({settings.aws.region}); "
                 "create it or set BINANCE_WEBSOCKET_URL"
             ) from None
-        raise CommandError(f"could not read secret {name!r} from Secrets Manager: {code}") from None
+        raise SecretError(f"could not read secret {name!r} from Secrets Manager: {aws.error_text(exc)}") from None
     except botocore.exceptions.BotoCoreError as exc:
-        raise CommandError(f"could not read secret {name!r} from Secrets Manager: {exc}") from None
+        raise SecretError(f"could not read secret {name!r} from Secrets Manager: {aws.error_text(exc)}") from None
     if "SecretString" in response:
         value = response["SecretString"]
     else:
         try:
             value = bytes(response.get("SecretBinary", b"")).decode("utf-8")
         except UnicodeDecodeError:
-            raise CommandError(f"secret {name!r} is binary and not UTF-8 text") from None
-    return url_from_secret_value(name, value)
+            raise SecretError(f"secret {name!r} is binary and not UTF-8 text") from None
+    url = url_from_secret_value(name, value)
+    if settings.symbols and stream_root(urlsplit(url).path) is None:
+        raise SecretError(
+            f"secret {name!r} holds a URL without /ws or /stream in its path, where BINANCE_SYMBOLS' streams are read"
+        )
+    return url
 
 
 @contextlib.contextmanager

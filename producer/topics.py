@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import KafkaException
 
-from crypto_live.kafka import TopicSetupError, ensure_topics
+from crypto_live.errors import TopicSetupError
+from crypto_live.kafka import ensure_topics
 from crypto_live.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

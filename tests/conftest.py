@@ -13,8 +13,8 @@ import warnings
 
 import pytest
 
-from crypto_live.cli import silence_authlib_httpx_warning
 from crypto_live.embedded import EmbeddedAws, EmbeddedBroker, emulator_environment
+from crypto_live.logs import silence_authlib_httpx_warning
 
 # quixstreams pulls in authlib, which warns about its own dependency when imported: import
 # it once here, with that warning off, so it does not show in every run's summary.

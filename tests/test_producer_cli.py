@@ -12,7 +12,9 @@ import pytest
 
 from crypto_live.embedded import free_port
 from crypto_live.simulator import SimulatorOptions, SimulatorThread
-from tests.helpers import cli_env, read_topic, run_cli, start_cli, wait_for
+from tests.factories import assert_exactly_once
+from tests.helpers import cli_env, run_cli, start_cli, wait_for
+from tests.producer_helpers import published_keys
 
 
 def secret_token(unique: str) -> str:
@@ -29,12 +31,6 @@ def stop_with(proc: subprocess.Popen, sig: int, timeout: float = 40) -> tuple[st
             proc.communicate()
 
 
-def assert_topic_holds_exactly(sim: SimulatorThread, bootstrap: str, topic: str) -> None:
-    got = [(e["s"], e["E"]) for e in (orjson.loads(m.value()) for m in read_topic(bootstrap, topic))]
-    assert len(got) == len(set(got)), "an event was published twice"
-    assert set(got) == sim.sent_keys()
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_flushes_everything_exits_zero_and_never_logs_the_url(broker, kafka_env, unique, sig):
     token = secret_token(unique)
@@ -49,7 +45,7 @@ def test_signal_stops_flushes_everything_exits_zero_and_never_logs_the_url(broke
     assert "stopped: every message read was delivered" in err
     assert "events/s" in err and "invalid item sent to the dead-letter topic" in err
     assert token not in err and token not in out
-    assert_topic_holds_exactly(sim, broker, kafka_env["KAFKA_TOPIC"])
+    assert_exactly_once(published_keys(broker, kafka_env["KAFKA_TOPIC"]), sim.sent_keys())
 
 
 def test_url_from_secrets_manager_json_form_is_used_and_never_logged(broker, kafka_env, aws_env, unique):
@@ -66,7 +62,7 @@ def test_url_from_secrets_manager_json_form_is_used_and_never_logged(broker, kaf
         out, err = stop_with(proc, signal.SIGTERM)
     assert proc.returncode == 0, err[-3000:]
     assert token not in err and token not in out
-    assert_topic_holds_exactly(sim, broker, kafka_env["KAFKA_TOPIC"])
+    assert_exactly_once(published_keys(broker, kafka_env["KAFKA_TOPIC"]), sim.sent_keys())
 
 
 def test_missing_secret_is_one_clear_line_and_a_non_zero_exit(kafka_env, aws_env, unique):
@@ -97,3 +93,16 @@ def test_flush_that_cannot_complete_exits_non_zero_saying_how_many_were_not_deli
         sent = sim.sent_count  # the connection is closed: final
     assert proc.returncode == 1
     assert f"crypto-live producer: {sent} messages were not delivered" in err
+
+
+def test_symbols_with_a_url_that_has_no_stream_endpoint_is_a_configuration_error(kafka_env):
+    env = cli_env(
+        kafka_env, {"BINANCE_WEBSOCKET_URL": "ws://127.0.0.1:1/feed/listenKey-s3cr3t", "BINANCE_SYMBOLS": "BTCUSDT"}
+    )
+    result = run_cli(["producer"], env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "s3cr3t" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "crypto-live producer: configuration error: BINANCE_WEBSOCKET_URL='ws://127.0.0.1:1/…' is invalid: "
+        "expected a URL whose path contains /ws or /stream, where BINANCE_SYMBOLS' streams are read"
+    )

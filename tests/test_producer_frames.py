@@ -7,22 +7,7 @@ import pytest
 
 from crypto_live.simulator import JUNK_FRAMES
 from producer.frames import parse_frame
-
-
-def ticker(symbol: str = "BTCUSDT", event_time: int = 1_700_000_000_000, **overrides) -> dict:
-    event = {
-        "e": "24hrMiniTicker",
-        "E": event_time,
-        "s": symbol,
-        "c": "0.00123000",
-        "o": "0.00100000",
-        "h": "0.00130000",
-        "l": "0.00090000",
-        "v": "100.50000000",
-        "q": "0.12300000",
-    }
-    event.update(overrides)
-    return event
+from tests.factories import ticker
 
 
 def dumps(obj) -> bytes:
@@ -40,13 +25,13 @@ def test_single_raw_event_is_published_with_its_fields_exactly_as_sent():
 
 
 def test_all_market_array_gives_every_event_in_order():
-    events = [ticker("BTCUSDT"), ticker("ETHUSDT"), ticker("BNBUSDT")]
+    events = [ticker(1, symbol="BTCUSDT"), ticker(2, symbol="ETHUSDT"), ticker(3, symbol="BNBUSDT")]
     frame = parse_frame(dumps(events))
     assert [e.symbol for e in frame.events] == ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
     assert [e.fields for e in frame.events] == events
 
 
-@pytest.mark.parametrize("data", [ticker(), [ticker(), ticker("ETHUSDT")]], ids=["object", "array"])
+@pytest.mark.parametrize("data", [ticker(), [ticker(), ticker(symbol="ETHUSDT")]], ids=["object", "array"])
 def test_combined_stream_payload_is_unwrapped(data):
     frame = parse_frame(dumps({"stream": "!miniTicker@arr", "data": data}))
     expected = data if isinstance(data, list) else [data]
@@ -59,8 +44,8 @@ def test_text_frames_are_accepted_like_bytes():
 
 
 def test_invalid_item_in_an_array_is_rejected_alone_with_its_position_and_bytes():
-    bad = ticker("ETHUSDT", c=1.5)
-    frame = parse_frame(dumps({"stream": "!miniTicker@arr", "data": [ticker(), bad, ticker("BNBUSDT")]}))
+    bad = ticker(symbol="ETHUSDT", c=1.5)
+    frame = parse_frame(dumps({"stream": "!miniTicker@arr", "data": [ticker(), bad, ticker(symbol="BNBUSDT")]}))
     assert [e.symbol for e in frame.events] == ["BTCUSDT", "BNBUSDT"]
     [rejected] = frame.rejected
     assert rejected.reason.startswith("item 2 of 3 (stream '!miniTicker@arr'): field 'c'")

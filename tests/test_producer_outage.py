@@ -15,14 +15,15 @@ from __future__ import annotations
 import os
 import time
 
-import orjson
 import pytest
 
 from crypto_live.embedded import EmbeddedBroker, free_port
 from crypto_live.settings import ProducerSettings, load
 from crypto_live.simulator import SimulatorOptions, SimulatorThread
 from producer.inprocess import ProducerThread
-from tests.helpers import read_topic, wait_for
+from tests.factories import assert_exactly_once, key_of
+from tests.helpers import wait_for
+from tests.producer_helpers import published_keys
 
 OUTAGE = float(os.environ.get("PRODUCER_TEST_OUTAGE", "4"))
 
@@ -38,10 +39,6 @@ def settings_for(port: int, topic: str, url: str) -> ProducerSettings:
             "PRODUCER_SHUTDOWN_TIMEOUT": "20",
         },
     )
-
-
-def keys_on(bootstrap: str, topic: str) -> list[tuple[str, int]]:
-    return [(e["s"], e["E"]) for e in (orjson.loads(m.value()) for m in read_topic(bootstrap, topic))]
 
 
 def fast_pinging_simulator() -> SimulatorThread:
@@ -64,11 +61,11 @@ def test_broker_down_at_start_up_loses_nothing_once_it_is_up(unique, outage):
         try:
             wait_for(lambda: stats.published >= read_during_outage, timeout=30, what="the backlog delivered")
             assert producer.stop() == 0
-            got = keys_on(broker.bootstrap_servers, topic)
+            got = published_keys(broker.bootstrap_servers, topic)
         finally:
             broker.kill()  # memory only: nothing to shut down cleanly (stop() waits for clients)
     assert sim.connections_accepted == 1, "the websocket was dropped while Kafka was away"
-    assert len(got) == len(set(got)) and set(got) == sim.sent_keys()
+    assert_exactly_once(got, sim.sent_keys())
     assert stats.delivery_failures == 0
 
 
@@ -89,8 +86,8 @@ def test_broker_lost_mid_stream_delivers_everything_read_since(unique):
                 wait_for(lambda: stats.producer_resets >= 1, timeout=30, what="producer rebuilt for the new broker")
                 wait_for(lambda: stats.published >= read_during_outage, timeout=30, what="backlog delivered")
                 assert producer.stop() == 0
-            must_arrive = {(e["s"], e["E"]) for e in sim.sent_events[since:]}
-            got = keys_on(broker.bootstrap_servers, topic)
+            must_arrive = {key_of(e) for e in sim.sent_events[since:]}
+            got = published_keys(broker.bootstrap_servers, topic)
     finally:
         broker.kill()
     assert must_arrive and len(got) == len(set(got)), "an event was published twice"

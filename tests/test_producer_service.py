@@ -4,6 +4,8 @@ or doubled, whatever the websocket does."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 
 import orjson
 import pytest
@@ -20,7 +22,9 @@ from producer.inprocess import ProducerThread
 from producer.publisher import DLQ_MAX_RAW_BYTES, DLQ_REASON_HEADER, Publisher
 from producer.source import plan_connections
 from producer.stats import Stats
+from tests.factories import assert_exactly_once, key_of, ticker
 from tests.helpers import read_topic, wait_for
+from tests.producer_helpers import published_keys
 
 
 def producer_settings(kafka_env: dict, url: str, **extra: str) -> ProducerSettings:
@@ -36,21 +40,9 @@ def producer_settings(kafka_env: dict, url: str, **extra: str) -> ProducerSettin
     )
 
 
-def event_keys(bootstrap: str, topic: str) -> list[tuple[str, int]]:
-    """(s, E) of every message on ``topic``, duplicates kept."""
-    keys = []
-    for message in read_topic(bootstrap, topic):
-        event = orjson.loads(message.value())
-        keys.append((event["s"], event["E"]))
-    return keys
-
-
-def assert_exactly_once(sim: SimulatorThread, bootstrap: str, topic: str) -> None:
-    got = event_keys(bootstrap, topic)
-    sent = sim.sent_keys()
-    assert sent, "the simulator sent nothing"
-    assert len(got) == len(set(got)), f"{len(got) - len(set(got))} events were published twice"
-    assert set(got) == sent, f"missing {len(sent - set(got))}, unexpected {len(set(got) - sent)}"
+def assert_sent_exactly_once(sim: SimulatorThread, bootstrap: str, topic: str) -> None:
+    """Every event the simulator sent is on ``topic`` once, and nothing else is."""
+    assert_exactly_once(published_keys(bootstrap, topic), sim.sent_keys())
 
 
 def keeps_flowing(producer: ProducerThread, more: int = 20):
@@ -84,7 +76,7 @@ def test_every_event_arrives_exactly_once_through_drop_shutdown_junk_and_stale(b
             wait_for(lambda: flowing(), what="events after the stall")
             assert producer.stop() == 0
 
-    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+    assert_sent_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
     assert stats.delivery_failures == 0 and stats.published == stats.events
     assert stats.reconnects >= 3
 
@@ -103,13 +95,13 @@ def test_message_key_value_and_timestamp_are_symbol_fields_as_sent_and_event_tim
     with SimulatorThread(SimulatorOptions(symbols=5, interval=0.05)) as sim:
         with ProducerThread(producer_settings(kafka_env, sim.url())) as producer:
             wait_for(lambda: producer.stats.published >= 30, what="events published")
-        sent = {(e["s"], e["E"]): e for e in sim.sent_events}
+        sent = {key_of(e): e for e in sim.sent_events}
     messages = read_topic(broker, kafka_env["KAFKA_TOPIC"])
     assert len(messages) == len(sent)
     assert {m.partition() for m in messages} == {0, 1, 2}  # created with KAFKA_TOPIC_PARTITIONS=3
     for message in messages:
         event = orjson.loads(message.value())
-        original = sent[(event["s"], event["E"])]
+        original = sent[key_of(event)]
         assert message.key() == original["s"].encode("utf-8")
         assert message.value() == orjson.dumps(original)  # same fields, same order, strings kept
         assert message.timestamp() == (TIMESTAMP_CREATE_TIME, original["E"])
@@ -129,7 +121,7 @@ def test_symbol_subscriptions_over_several_connections_with_subscribe_frames(bro
             wait_for(keeps_flowing(producer), what="more events")
         assert producer.stats.connections == 2
     assert {s for s, _ in sim.sent_keys()} == set(chosen)
-    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+    assert_sent_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
 
 
 def test_subscribe_frames_are_paced_under_the_exchanges_message_limit(broker, kafka_env):
@@ -145,7 +137,7 @@ def test_subscribe_frames_are_paced_under_the_exchanges_message_limit(broker, ka
             wait_for(lambda: producer.stats.answers == 8, what="all eight SUBSCRIBE answers")
             wait_for(lambda: {e["s"] for e in sim.sent_events[-60:]} == set(chosen), what="all nine symbols")
         assert producer.stats.connections == 1
-    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+    assert_sent_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
 
 
 def test_connections_are_renewed_before_their_maximum_age_without_losing_events(broker, kafka_env):
@@ -154,7 +146,7 @@ def test_connections_are_renewed_before_their_maximum_age_without_losing_events(
         with ProducerThread(settings) as producer:
             wait_for(lambda: producer.stats.connections >= 4, what="three renewals")
         assert producer.stats.stale == 0 and producer.exit_code == 0
-    assert_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
+    assert_sent_exactly_once(sim, broker, kafka_env["KAFKA_TOPIC"])
 
 
 @pytest.mark.parametrize("where", ["nothing listening", "handshake refused"])
@@ -173,8 +165,31 @@ def test_unreachable_websocket_is_retried_without_logging_the_url(kafka_env, uni
     assert producer.stats.connections == 0 and producer.stats.events == 0
     # The simulator (the server side, same process) logs request lines; the producer must not.
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("producer"))
-    assert "reconnecting in" in logged
+    assert ("retrying in" if where == "handshake refused" else "reconnecting in") in logged
     assert token not in logged and "nosuchstream" not in logged
+
+
+def test_handshake_refused_by_the_exchange_is_an_error_retried_after_the_whole_cap(kafka_env, caplog):
+    """An HTTP 400 (here: an unknown stream) will not pass by retrying fast: the log says
+    what to check, and the attempts are spaced by PRODUCER_RECONNECT_MAX_DELAY, not by a
+    backoff starting under half a second."""
+    cap = 1.0
+    with SimulatorThread(SimulatorOptions(symbols=2)) as sim:
+        url = sim.url("nosuchstream@miniTicker")  # the simulator answers HTTP 400
+        host = f"ws://127.0.0.1:{sim.port}/…"
+        settings = producer_settings(kafka_env, url, PRODUCER_RECONNECT_MAX_DELAY=f"{cap:g}")
+        with caplog.at_level(logging.INFO, logger="producer"), ProducerThread(settings) as producer:
+            wait_for(lambda: producer.stats.reconnects >= 3, what="three refused attempts")
+            assert producer.stop(timeout=15) == 0
+    refusals = [r for r in caplog.records if r.name == "producer" and "refused the connection" in r.getMessage()]
+    assert len(refusals) >= 3
+    assert {r.levelno for r in refusals} == {logging.ERROR}
+    assert refusals[0].getMessage() == (
+        f"{host}: the exchange refused the connection: HTTP 400 Bad Request; "
+        f"check BINANCE_WEBSOCKET_URL / BINANCE_SYMBOLS; retrying in {cap:.1f} s"
+    )
+    gaps = [later.created - earlier.created for earlier, later in itertools.pairwise(refusals)]
+    assert min(gaps) >= 0.9 * cap, f"attempts {gaps} s apart: not waiting the cap"
 
 
 def test_stop_requested_while_starting_exits_zero(kafka_env):
@@ -218,7 +233,7 @@ def test_existing_topics_are_left_as_they_are(broker, kafka_env):
     ):
         wait_for(lambda: producer.stats.published >= 20, what="events published")
     assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 1
-    assert_exactly_once(sim, broker, topic)
+    assert_sent_exactly_once(sim, broker, topic)
 
 
 def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafka_env):
@@ -227,19 +242,7 @@ def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafk
     ensure_topics(settings.kafka, timeout=10)
     events = []
     for n in range(300):
-        event = validate(
-            {
-                "e": "24hrMiniTicker",
-                "E": 1700000000000 + n,
-                "s": f"SYM{n % 7}",
-                "c": "1.5",
-                "o": "1.0",
-                "h": "2.0",
-                "l": "0.5",
-                "v": "10",
-                "q": "15",
-            }
-        )
+        event = validate(ticker(n, symbol=f"SYM{n % 7}"))
         assert isinstance(event, MiniTicker)
         events.append(event)
 
@@ -257,5 +260,4 @@ def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafk
     left, stats = asyncio.run(publish_all())
     assert stats.queue_full > 0, "the queue never filled: the test did not test anything"
     assert left == 0 and stats.delivery_failures == 0
-    got = event_keys(broker, settings.kafka.topic)
-    assert sorted(got) == sorted((e.symbol, e.event_time) for e in events)
+    assert_exactly_once(published_keys(broker, settings.kafka.topic), [(e.symbol, e.event_time) for e in events])

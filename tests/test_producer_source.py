@@ -8,18 +8,20 @@ import boto3
 import orjson
 import pytest
 
-from crypto_live.cli import CommandError
+from crypto_live import binance
+from crypto_live.binance import MAX_STREAMS_PER_CONNECTION, stream_name
+from crypto_live.errors import SecretError, SettingsError
 from crypto_live.settings import ProducerSettings, load
 from crypto_live.simulator import protocol
 from producer.source import (
-    MAX_STREAMS_PER_CONNECTION,
+    CONTROL_MESSAGES_PER_SECOND,
     STREAMS_PER_MESSAGE,
     plan_connections,
     resolve_url,
     url_from_secret_value,
 )
 
-URL = "wss://stream.binance.com:9443/ws/!miniTicker@arr"
+URL = binance.LIVE_URL
 
 
 def symbols(n: int) -> tuple[str, ...]:
@@ -57,7 +59,8 @@ def test_streams_beyond_the_url_chunk_are_subscribed_in_frames_with_distinct_ids
     assert len(plan.subscribe) == 2
     assert [orjson.loads(f)["id"] for f in plan.subscribe] == [1, 2]
     assert all(len(orjson.loads(f)["params"]) <= STREAMS_PER_MESSAGE for f in plan.subscribe)
-    assert streams_of(plan) == [s.lower() + "@miniTicker" for s in symbols(450)]
+    assert streams_of(plan) == [stream_name(s) for s in symbols(450)]
+    assert stream_name("BTCUSDT") == "btcusdt@miniTicker"
 
 
 def test_more_than_1024_streams_open_more_connections_each_within_the_limit():
@@ -65,7 +68,7 @@ def test_more_than_1024_streams_open_more_connections_each_within_the_limit():
     plans = plan_connections(URL, wanted)
     assert len(plans) == 3
     assert all(len(streams_of(p)) <= MAX_STREAMS_PER_CONNECTION for p in plans)
-    assert [s for p in plans for s in streams_of(p)] == [s.lower() + "@miniTicker" for s in wanted]
+    assert [s for p in plans for s in streams_of(p)] == [stream_name(s) for s in wanted]
     # The simulator, which enforces Binance's rules, accepts each URL.
     for plan in plans:
         path = urlsplit(plan.url)
@@ -80,9 +83,15 @@ def test_path_prefix_and_other_query_parameters_are_kept():
 
 
 def test_symbols_need_a_url_with_a_ws_or_stream_path():
-    with pytest.raises(CommandError, match="/ws or /stream") as caught:
+    with pytest.raises(SettingsError, match="/ws or /stream") as caught:
         plan_connections("wss://host.example/feed/secret-path", ("BTCUSDT",))
+    assert caught.value.variable == "BINANCE_WEBSOCKET_URL"
+    assert "BINANCE_SYMBOLS" in str(caught.value)
     assert "secret-path" not in str(caught.value)
+
+
+def test_control_messages_leave_room_under_the_exchanges_limit_for_pings_and_pongs():
+    assert 0 < CONTROL_MESSAGES_PER_SECOND < binance.MAX_MESSAGES_PER_SECOND
 
 
 def test_plan_label_never_shows_path_or_query():
@@ -119,7 +128,7 @@ def test_secret_value_is_the_url_or_json_with_url(value):
     ],
 )
 def test_unusable_secret_value_names_the_secret_not_the_value(value, complaint):
-    with pytest.raises(CommandError, match=complaint) as caught:
+    with pytest.raises(SecretError, match=complaint) as caught:
         url_from_secret_value("crypto-live.binance_ws", value)
     assert "'crypto-live.binance_ws'" in str(caught.value)
     if len(value) > 3:
@@ -157,12 +166,19 @@ def test_environment_url_wins_over_the_secret(aws_endpoint, unique):
 
 
 def test_missing_secret_is_a_clear_start_up_error(aws_endpoint, unique):
-    with pytest.raises(CommandError, match=f"secret 'absent-{unique}' not found in Secrets Manager"):
+    with pytest.raises(SecretError, match=f"secret 'absent-{unique}' not found in Secrets Manager"):
         resolve_url(settings_for(f"absent-{unique}"))
 
 
 def test_secret_without_a_url_is_a_clear_start_up_error(aws_endpoint, unique):
     put_secret(f"ws-bad-{unique}", SecretString='{"user": "me", "password": "hunter2"}')
-    with pytest.raises(CommandError, match=f"secret 'ws-bad-{unique}' is a JSON object without") as caught:
+    with pytest.raises(SecretError, match=f"secret 'ws-bad-{unique}' is a JSON object without") as caught:
         resolve_url(settings_for(f"ws-bad-{unique}"))
     assert "hunter2" not in str(caught.value)
+
+
+def test_secret_url_that_cannot_carry_symbols_names_the_secret_not_its_value(aws_endpoint, unique):
+    put_secret(f"ws-feed-{unique}", SecretString="wss://host.example/feed/listenKey-s3cr3t")
+    with pytest.raises(SecretError, match=f"secret 'ws-feed-{unique}' holds a URL without /ws or /stream") as caught:
+        resolve_url(settings_for(f"ws-feed-{unique}", BINANCE_SYMBOLS="BTCUSDT"))
+    assert "s3cr3t" not in str(caught.value)
