@@ -47,6 +47,7 @@ def encode(record: dict[str, Any]) -> bytes:
 
 def original_bytes(record: dict[str, Any]) -> bytes:
     """The rejected payload exactly as it was received (for replays and tests)."""
+    raw: str = record["raw"]
     if record["raw_encoding"] == "base64":
-        return base64.b64decode(record["raw"])
-    return record["raw"].encode("utf-8")
+        return base64.b64decode(raw)
+    return raw.encode("utf-8")

@@ -21,6 +21,9 @@ from typing import Any
 
 import orjson
 
+from crypto_live.binance import SYMBOL
+from crypto_live.text import shorten
+
 EVENT_TYPE = "24hrMiniTicker"
 
 #: field -> meaning, in Binance's order.
@@ -38,7 +41,6 @@ FIELDS: dict[str, str] = {
 DECIMAL_FIELDS = ("c", "o", "h", "l", "v", "q")
 
 _DECIMAL = re.compile(r"\d+(\.\d+)?")
-_SYMBOL = re.compile(r"[A-Z0-9]{2,32}")
 # Event times outside [2017-01-01, 2100-01-01) are not milliseconds from this exchange
 # (seconds or microseconds would land outside), so they are rejected rather than stored.
 _MIN_EVENT_MS = 1_483_228_800_000
@@ -53,11 +55,13 @@ class MiniTicker:
 
     @property
     def symbol(self) -> str:
-        return self.fields["s"]
+        symbol: str = self.fields["s"]  # validate() checked it is a str
+        return symbol
 
     @property
     def event_time(self) -> int:
-        return self.fields["E"]
+        event_time: int = self.fields["E"]  # validate() checked it is an int
+        return event_time
 
     def to_json(self) -> bytes:
         """The event's own JSON fields, compact, in the order they were received."""
@@ -85,22 +89,22 @@ def validate(obj: object) -> MiniTicker | Invalid:
     if missing:
         return Invalid("missing field" + ("s " if len(missing) > 1 else " ") + ", ".join(map(repr, missing)))
     if obj["e"] != EVENT_TYPE:
-        return Invalid(f"field 'e' is {_short(obj['e'])}, expected {EVENT_TYPE!r}")
+        return Invalid(f"field 'e' is {shorten(obj['e'])}, expected {EVENT_TYPE!r}")
     event_time = obj["E"]
     if type(event_time) is not int:
-        return Invalid(f"field 'E' is {_json_kind(event_time)} {_short(event_time)}, expected an integer")
+        return Invalid(f"field 'E' is {_json_kind(event_time)} {shorten(event_time)}, expected an integer")
     if not _MIN_EVENT_MS <= event_time < _MAX_EVENT_MS:
         return Invalid(f"field 'E' is {event_time}, not an event time in milliseconds")
     symbol = obj["s"]
-    if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol):
-        return Invalid(f"field 's' is {_short(symbol)}, expected an upper-case symbol such as 'BTCUSDT'")
+    if not isinstance(symbol, str) or not SYMBOL.fullmatch(symbol):
+        return Invalid(f"field 's' is {shorten(symbol)}, expected an upper-case symbol such as 'BTCUSDT'")
     for name in DECIMAL_FIELDS:
         value = obj[name]
         if not isinstance(value, str):
             kind = _json_kind(value)
-            return Invalid(f"field {name!r} ({FIELDS[name]}) is {kind} {_short(value)}, expected a decimal string")
+            return Invalid(f"field {name!r} ({FIELDS[name]}) is {kind} {shorten(value)}, expected a decimal string")
         if not _DECIMAL.fullmatch(value):
-            return Invalid(f"field {name!r} ({FIELDS[name]}) is {_short(value)}, expected a finite decimal string")
+            return Invalid(f"field {name!r} ({FIELDS[name]}) is {shorten(value)}, expected a finite decimal string")
     return MiniTicker(obj)
 
 
@@ -129,8 +133,3 @@ def _json_kind(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
-
-
-def _short(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -22,13 +22,17 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from crypto_live.binance import LIVE_URL
+from crypto_live.binance import ALL_MARKET_STREAM, LIVE_URL
 from crypto_live.errors import ServiceError
 from crypto_live.observer import Observer, format_status
 from crypto_live.parsers import redact_url
 from crypto_live.settings import DynamoSinkSettings, ProducerSettings, S3SinkSettings, load
+
+if TYPE_CHECKING:
+    from crypto_live.simulator import SimulatorOptions
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +82,12 @@ def tcp_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    # Validate every service's settings before starting anything.
+    from crypto_live.simulator import SimulatorOptions
+
+    # Validate every service's settings, and the simulator's options, before starting anything.
     for cls in (ProducerSettings, S3SinkSettings, DynamoSinkSettings):
         load(cls, environ)
+    simulator_options = SimulatorOptions(symbols=args.symbols)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -94,7 +101,7 @@ def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         source = choose_source(env, args.simulate, tcp_reachable)
         _say(source.note)
         if source.url is None:
-            env["BINANCE_WEBSOCKET_URL"] = _start_simulator(stack, args.symbols)
+            env["BINANCE_WEBSOCKET_URL"] = _start_simulator(stack, simulator_options)
         secret_url = source.url or env["BINANCE_WEBSOCKET_URL"]
 
         from crypto_live.provision import provision_aws, provision_kafka
@@ -147,14 +154,14 @@ def _start_missing_infrastructure(stack: ExitStack, environ: Mapping[str, str]) 
     return env
 
 
-def _start_simulator(stack: ExitStack, symbols: int) -> str:
-    from crypto_live.simulator import SimulatorOptions, SimulatorThread
+def _start_simulator(stack: ExitStack, options: SimulatorOptions) -> str:
+    from crypto_live.simulator import SimulatorThread
 
     logging.getLogger("websockets").setLevel(logging.WARNING)  # its connection chatter hides the status
-    simulator = SimulatorThread(SimulatorOptions(symbols=symbols))
+    simulator = SimulatorThread(options)
     simulator.start()
     stack.callback(simulator.stop)
-    return simulator.url("!miniTicker@arr")
+    return simulator.url(ALL_MARKET_STREAM)
 
 
 def _start_service(name: str, env: Mapping[str, str], log_dir: Path) -> subprocess.Popen[bytes]:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from crypto_live.binance import SYMBOL
+
 
 def text(raw: str) -> str:
     return raw
@@ -176,7 +178,7 @@ def symbols(raw: str) -> tuple[str, ...]:
         symbol = item.strip().upper()
         if not symbol:
             continue
-        if not re.fullmatch(r"[A-Z0-9]{2,32}", symbol):
+        if not SYMBOL.fullmatch(symbol):
             raise ValueError("comma-separated symbols such as BTCUSDT,ETHUSDT")
         if symbol not in result:
             result.append(symbol)

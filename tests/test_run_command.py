@@ -10,8 +10,10 @@ import boto3
 import orjson
 import pytest
 
-from crypto_live.local import Snapshot, SourceChoice, choose_source, format_status
-from tests.helpers import cli_env, start_cli, wait_for
+from crypto_live.local import SourceChoice, choose_source
+from crypto_live.observer import Snapshot, format_status
+from tests.factories import assert_exactly_once, key_of
+from tests.helpers import cli_env, run_cli, start_cli, wait_for
 
 
 def test_source_choice_prefers_the_given_url_then_simulate_then_live_with_fallback():
@@ -40,7 +42,7 @@ def _s3_events(bucket: str) -> list[tuple[str, int]]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
             body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            events.extend((e["s"], e["E"]) for e in map(orjson.loads, body.splitlines()))
+            events.extend(key_of(orjson.loads(line)) for line in body.splitlines())
     return events
 
 
@@ -98,5 +100,13 @@ def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env
     in_s3 = _s3_events(bucket)
     duplicates = [key for key, count in Counter(in_s3).items() if count > 1]
     assert duplicates == []
-    assert len(in_s3) == events_in
-    assert sorted(_dynamo_keys(table)) == sorted(in_s3)
+    assert len(in_s3) == events_in  # every event of the topic, once
+    assert_exactly_once(_dynamo_keys(table), in_s3)  # DynamoDB holds the same events, each once
+
+
+def test_a_bad_simulator_option_is_refused_before_anything_starts():
+    result = run_cli(["run", "--simulate", "--symbols", "0"], cli_env(), timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--symbols='0' is invalid" in result.stderr
+    assert "started" not in result.stdout

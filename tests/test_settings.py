@@ -81,7 +81,9 @@ def test_every_variable_has_a_bad_value_case():
 
 @pytest.mark.parametrize(("variable", "value", "expected"), BAD_VALUES)
 def test_bad_value_is_refused_naming_variable_value_and_expectation(variable, value, expected):
-    for cls in _services_reading(variable):
+    services = _services_reading(variable)
+    assert services, f"no service reads {variable}: this case would check nothing"
+    for cls in services:
         with pytest.raises(SettingsError) as info:
             load(cls, {variable: value})
         message = str(info.value)
@@ -180,13 +182,28 @@ def test_config_command_prints_effective_values_with_secrets_masked():
     assert "hunter2" not in result.stdout and "listenkey123" not in result.stdout
 
 
+def test_config_command_labels_where_each_value_came_from():
+    env = cli_env({"MAX_BATCH_SIZE": "42", "KAFKA_TOPIC": "ticks"})
+    for unset in ("DYNAMO_MAX_BATCH_SIZE", "DYNAMO_MAX_BATCH_TIMEOUT", "MAX_BATCH_TIMEOUT", "KAFKA_DLQ_TOPIC"):
+        env.pop(unset, None)
+    result = run_cli(["config", "dynamo-sink"], env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "KAFKA_TOPIC=ticks" in lines  # set: no label
+    assert "DYNAMO_MAX_BATCH_SIZE=42  # from MAX_BATCH_SIZE" in lines  # the fallback variable named
+    assert "KAFKA_DLQ_TOPIC=ticks.dlq  # derived" in lines  # computed from KAFKA_TOPIC
+    assert "DYNAMO_MAX_BATCH_TIMEOUT=10  # default" in lines  # neither it nor its fallback set
+
+
 @pytest.mark.parametrize("command", ["producer", "s3-sink", "dynamo-sink", "run", "simulate", "config", "provision"])
 def test_every_subcommand_help_lists_its_environment_variables(command):
     result = run_cli([command, "--help"], cli_env())
     assert result.returncode == 0
     assert "environment variables" in result.stdout
     if command in SERVICES:
-        for spec in variables(SERVICES[command]):
+        specs = variables(SERVICES[command])
+        assert specs, f"{command} declares no variables: this check would prove nothing"
+        for spec in specs:
             assert spec.env in result.stdout
 
 

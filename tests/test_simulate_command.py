@@ -17,8 +17,11 @@ from tests.helpers import cli_env, run_cli, start_cli
     [
         (["--faults", "explode@3"], "--faults='explode@3'"),
         (["--rate", "0"], "--rate='0.0'"),
+        (["--rate", "inf"], "--rate='inf'"),
         (["--symbols", "0"], "--symbols='0'"),
+        (["--symbols", "0", "--rate", "50"], "--symbols='0'"),
         (["--port", "70000"], "--port='70000'"),
+        (["--interval", "0"], "--interval='0.0'"),
     ],
 )
 def test_bad_option_is_named_without_traceback(args, culprit):

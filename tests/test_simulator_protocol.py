@@ -4,13 +4,12 @@ import json
 
 import pytest
 
+from crypto_live.binance import ALL_MARKET_STREAM, MAX_MESSAGES_PER_SECOND, MAX_STREAMS_PER_CONNECTION, stream_name
+from crypto_live.errors import HandshakeError
 from crypto_live.simulator import protocol
 from crypto_live.simulator.market import symbol_names
 from crypto_live.simulator.protocol import (
-    ALL_MARKET_STREAM,
-    MAX_STREAMS,
     Close,
-    HandshakeError,
     Session,
     TickFrames,
     handle_message,
@@ -18,7 +17,7 @@ from crypto_live.simulator.protocol import (
 )
 
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT", "BNBUSDT"})
-MANY = frozenset(symbol_names(MAX_STREAMS + 10))
+MANY = frozenset(symbol_names(MAX_STREAMS_PER_CONNECTION + 10))
 
 
 def request(method, params=None, request_id=1):
@@ -86,10 +85,13 @@ def test_parse_path_rejects_unknown_paths_and_streams(path, status):
 
 
 def test_parse_path_enforces_stream_limit():
-    names = [protocol.stream_name(s) for s in sorted(MANY)]
-    assert len(parse_path("/ws/" + "/".join(names[:MAX_STREAMS]), MANY).streams) == MAX_STREAMS
+    names = [stream_name(s) for s in sorted(MANY)]
+    assert (
+        len(parse_path("/ws/" + "/".join(names[:MAX_STREAMS_PER_CONNECTION]), MANY).streams)
+        == MAX_STREAMS_PER_CONNECTION
+    )
     with pytest.raises(HandshakeError) as info:
-        parse_path("/ws/" + "/".join(names[: MAX_STREAMS + 1]), MANY)
+        parse_path("/ws/" + "/".join(names[: MAX_STREAMS_PER_CONNECTION + 1]), MANY)
     assert info.value.status == 400
 
 
@@ -169,12 +171,12 @@ def test_bytes_messages_are_parsed_too(clock):
 
 
 def test_subscribing_past_the_stream_limit_closes(clock):
-    names = [protocol.stream_name(s) for s in sorted(MANY)]
-    out = handle_message(Session(), request("SUBSCRIBE", names[:MAX_STREAMS]), clock(), MANY)
-    assert len(out.session.streams) == MAX_STREAMS and out.close is None
+    names = [stream_name(s) for s in sorted(MANY)]
+    out = handle_message(Session(), request("SUBSCRIBE", names[:MAX_STREAMS_PER_CONNECTION]), clock(), MANY)
+    assert len(out.session.streams) == MAX_STREAMS_PER_CONNECTION and out.close is None
     again = handle_message(out.session, request("SUBSCRIBE", names[:10]), clock(), MANY)
     assert again.close is None  # already-subscribed streams do not count twice
-    over = handle_message(out.session, request("SUBSCRIBE", [names[MAX_STREAMS]]), clock(), MANY)
+    over = handle_message(out.session, request("SUBSCRIBE", [names[MAX_STREAMS_PER_CONNECTION]]), clock(), MANY)
     assert over.close == Close(protocol.POLICY_VIOLATION, "Too many streams")
     assert over.reply is None
 
@@ -193,7 +195,7 @@ def test_admit_is_a_sliding_one_second_window():
 
 def test_sixth_message_within_a_second_closes_even_if_invalid():
     session = Session()
-    for i in range(protocol.MAX_MESSAGES_PER_SECOND):
+    for i in range(MAX_MESSAGES_PER_SECOND):
         out = handle_message(session, "garbage", 10.0 + i / 10, SYMBOLS)
         assert out.close is None and out.reply["error"]["code"] == 3
         session = out.session

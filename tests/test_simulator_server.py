@@ -21,9 +21,10 @@ from websockets.protocol import State
 from websockets.sync.client import connect as sync_connect
 from websockets.uri import parse_uri
 
+from crypto_live.errors import SettingsError
 from crypto_live.simulator import (
     ALL_MARKET_STREAM,
-    MAX_STREAMS,
+    MAX_STREAMS_PER_CONNECTION,
     FaultSchedule,
     SimulatorOptions,
     SimulatorServer,
@@ -31,6 +32,7 @@ from crypto_live.simulator import (
 )
 from crypto_live.simulator import server as server_module
 from crypto_live.simulator.faults import JUNK_FRAMES
+from tests.factories import key_of
 
 FAST = SimulatorOptions(interval=0.02, seed=7)
 
@@ -79,7 +81,7 @@ async def drain_until_closed(ws):
 
 
 def keys(events):
-    return {(e["s"], e["E"]) for e in events}
+    return set(map(key_of, events))
 
 
 # -- streams ------------------------------------------------------------------
@@ -181,6 +183,22 @@ async def test_seed_makes_the_market_reproducible():
         assert isinstance(sim.seed, int)
 
 
+@pytest.mark.parametrize(
+    ("options", "culprit"),
+    [
+        ({"port": 70000}, "--port='70000'"),
+        ({"port": -1}, "--port='-1'"),
+        ({"symbols": 0}, "--symbols='0'"),
+        ({"interval": 0.0}, "--interval='0.0'"),
+        ({"interval": float("nan")}, "--interval='nan'"),
+    ],
+)
+def test_options_built_in_code_refuse_bad_values_naming_the_option(options, culprit):
+    with pytest.raises(SettingsError) as info:
+        SimulatorOptions(**options)
+    assert str(info.value).startswith(culprit)
+
+
 # -- control messages ----------------------------------------------------------
 
 
@@ -243,16 +261,16 @@ async def test_five_messages_per_second_pass_the_sixth_disconnects():
 
 @async_test
 async def test_stream_limit_per_connection():
-    async with SimulatorServer(SimulatorOptions(symbols=MAX_STREAMS + 5, interval=5.0, seed=1)) as sim:
+    async with SimulatorServer(SimulatorOptions(symbols=MAX_STREAMS_PER_CONNECTION + 5, interval=5.0, seed=1)) as sim:
         names = [f"{s.lower()}@miniTicker" for s in sim.symbols]
         async with client(sim.base_url + "/ws", max_size=None) as ws:
-            first = {"method": "SUBSCRIBE", "params": names[: MAX_STREAMS - 1], "id": 1}
+            first = {"method": "SUBSCRIBE", "params": names[: MAX_STREAMS_PER_CONNECTION - 1], "id": 1}
             assert await reply_to(ws, first) == {"result": None, "id": 1}
             last = {"method": "SUBSCRIBE", "params": [ALL_MARKET_STREAM], "id": 2}
             assert await reply_to(ws, last) == {"result": None, "id": 2}
             listing = await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 3})
-            assert len(listing["result"]) == MAX_STREAMS
-            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": [names[MAX_STREAMS]], "id": 4}))
+            assert len(listing["result"]) == MAX_STREAMS_PER_CONNECTION
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": [names[MAX_STREAMS_PER_CONNECTION]], "id": 4}))
             messages, exc = await drain_until_closed(ws)
         assert messages == []
         assert exc.rcvd.code == 1008 and exc.rcvd.reason == "Too many streams"

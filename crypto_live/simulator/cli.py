@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping
 
 from crypto_live.errors import SettingsError
@@ -12,18 +13,16 @@ from .server import SimulatorOptions, run
 
 
 def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
-    """Validate the options; a bad one is a SettingsError naming the flag."""
-    if not 0 <= args.port <= 65535:
-        raise SettingsError("--port", str(args.port), "a port from 0 to 65535")
-    if args.symbols < 1:
-        raise SettingsError("--symbols", str(args.symbols), "a whole number >= 1")
+    """The options the command line asks for; a bad one is a SettingsError naming its flag.
+
+    Only what SimulatorOptions cannot see is checked here (``--rate``, which sets the
+    interval, and the ``--faults`` spec); SimulatorOptions checks its own fields.
+    """
     interval = args.interval
     if args.rate is not None:
-        if not args.rate > 0:
+        if not (math.isfinite(args.rate) and args.rate > 0):
             raise SettingsError("--rate", str(args.rate), "a positive number of events per second")
-        interval = args.symbols / args.rate
-    if not interval > 0:
-        raise SettingsError("--interval", str(args.interval), "a positive number of seconds")
+        interval = args.symbols / args.rate  # a bad --symbols is SimulatorOptions' to name: it checks it first
     try:
         faults = FaultSchedule.parse(args.faults)
     except ValueError as exc:

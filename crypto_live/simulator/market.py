@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from typing import Any
 
 SCALE = 10**8  # Binance renders spot prices and volumes with 8 decimals.
 
@@ -71,7 +72,7 @@ class MarketState:
 
     seed: int
     symbols: tuple[SymbolState, ...]
-    rng_state: tuple
+    rng_state: tuple[Any, ...]
     ticks: int = 0
 
     @property
@@ -114,12 +115,14 @@ def _magnitude(units: int) -> int:
 
 def tick_size(price: int) -> int:
     """A Binance-like price increment: ~5 significant digits, 0.01 at most."""
-    return min(10**6, 10 ** max(0, _magnitude(price) - 4))
+    increment: int = 10 ** max(0, _magnitude(price) - 4)  # annotated: int ** int is typed Any
+    return min(10**6, increment)
 
 
 def lot_size(price: int) -> int:
     """A Binance-like quantity increment: coarser for cheap coins (1e-5 for BTC)."""
-    return min(SCALE, 10 ** max(0, 15 - _magnitude(price)))
+    increment: int = 10 ** max(0, 15 - _magnitude(price))
+    return min(SCALE, increment)
 
 
 def initial_state(symbols: int, seed: int) -> MarketState:
@@ -152,7 +155,7 @@ def initial_state(symbols: int, seed: int) -> MarketState:
     return MarketState(seed=seed, symbols=tuple(states), rng_state=rng.getstate())
 
 
-def mini_ticker(state: SymbolState) -> dict:
+def mini_ticker(state: SymbolState) -> dict[str, Any]:
     """The miniTicker payload for one symbol, keys in Binance's order."""
     return {
         "e": "24hrMiniTicker",
@@ -191,7 +194,7 @@ def step(
     *,
     change_probability: float = 0.7,
     volatility: float = 0.002,
-) -> tuple[MarketState, tuple[dict, ...]]:
+) -> tuple[MarketState, tuple[dict[str, Any], ...]]:
     """Advance the market one tick at wall time ``now_ms``.
 
     Each symbol changes with ``change_probability``; at least one always does,

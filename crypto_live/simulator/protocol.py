@@ -3,12 +3,13 @@
 Nothing here does I/O; the server shell feeds in request paths, incoming text
 frames and a monotonic ``now`` and gets back values telling it what to send.
 
-Contracts (after Binance's "WebSocket Streams" spot docs):
+Contracts (after Binance's "WebSocket Streams" spot docs; the names and limits
+themselves come from :mod:`crypto_live.binance`, shared with the producer):
 
 * ``parse_path`` accepts ``/ws``, ``/ws/<stream>[/<stream>...]`` (raw payloads)
   and ``/stream?streams=<a>/<b>`` (payloads wrapped as
   ``{"stream": name, "data": payload}``).  A bad path raises ``HandshakeError``
-  with status 404, a bad stream name or more than ``MAX_STREAMS`` streams raises
+  with status 404, a bad stream name or more than ``MAX_STREAMS_PER_CONNECTION`` streams raises
   it with 400; the server answers the HTTP upgrade with that status.
 * Supported streams: ``!miniTicker@arr`` and ``<lowercase symbol>@miniTicker``.
 * ``handle_message`` answers ``SUBSCRIBE``, ``UNSUBSCRIBE``,
@@ -16,7 +17,7 @@ Contracts (after Binance's "WebSocket Streams" spot docs):
   with ``{"result": ..., "id": ...}``, and malformed requests with
   ``{"error": {"code": 2 | 3, "msg": ...}, "id": ...}`` (code 3: invalid JSON).
 * Limits: more than ``MAX_MESSAGES_PER_SECOND`` incoming messages in any
-  one-second window, or subscribing past ``MAX_STREAMS``, yields a ``Close``
+  one-second window, or subscribing past ``MAX_STREAMS_PER_CONNECTION``, yields a ``Close``
   (Binance disconnects; it does not answer with an error).
 """
 
@@ -29,13 +30,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from crypto_live.binance import (
+    ALL_MARKET_STREAM,
+    MAX_MESSAGES_PER_SECOND,
+    MAX_STREAMS_PER_CONNECTION,
+    STREAM_SUFFIX,
+    stream_name,
+)
 from crypto_live.errors import HandshakeError
 
-MAX_STREAMS = 1024
-MAX_MESSAGES_PER_SECOND = 5
-RATE_WINDOW = 1.0  # seconds
-ALL_MARKET_STREAM = "!miniTicker@arr"
-SYMBOL_SUFFIX = "@miniTicker"
+RATE_WINDOW = 1.0  # seconds: the window MAX_MESSAGES_PER_SECOND is counted over
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 POLICY_VIOLATION = 1008  # RFC 6455 close code for "you broke the rules"
 GOING_AWAY = 1001  # RFC 6455 close code for a server going down
@@ -63,7 +67,7 @@ class Outcome:
     """What handling one incoming message produced."""
 
     session: Session
-    reply: dict | None = None
+    reply: dict[str, Any] | None = None
     close: Close | None = None
 
 
@@ -72,7 +76,7 @@ class Frame:
     """One outgoing text frame and the market events it carries."""
 
     text: str
-    events: tuple[dict, ...] = field(default=())
+    events: tuple[dict[str, Any], ...] = field(default=())
 
 
 def encode(obj: Any) -> str:
@@ -80,18 +84,13 @@ def encode(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-def stream_name(symbol: str) -> str:
-    """``BTCUSDT`` -> ``btcusdt@miniTicker``."""
-    return symbol.lower() + SYMBOL_SUFFIX
-
-
 def is_valid_stream(name: str, symbols: Set[str]) -> bool:
     """Whether ``name`` is a stream this simulator serves; ``symbols`` are uppercase."""
     if name == ALL_MARKET_STREAM:
         return True
-    if not name.endswith(SYMBOL_SUFFIX):
+    if not name.endswith(STREAM_SUFFIX):
         return False
-    symbol = name[: -len(SYMBOL_SUFFIX)]
+    symbol = name[: -len(STREAM_SUFFIX)]
     # Binance stream names use lowercase symbols only.
     return symbol == symbol.lower() and symbol.upper() in symbols
 
@@ -120,8 +119,8 @@ def parse_path(path: str, symbols: Set[str]) -> Session:
         if not is_valid_stream(name, symbols):
             raise HandshakeError(400, f"Invalid stream name: {name!r}")
     streams = _dedupe(names)
-    if len(streams) > MAX_STREAMS:
-        raise HandshakeError(400, f"Too many streams: {len(streams)} > {MAX_STREAMS}")
+    if len(streams) > MAX_STREAMS_PER_CONNECTION:
+        raise HandshakeError(400, f"Too many streams: {len(streams)} > {MAX_STREAMS_PER_CONNECTION}")
     return Session(streams=streams, combined=combined)
 
 
@@ -131,7 +130,7 @@ def admit(recent: tuple[float, ...], now: float) -> tuple[tuple[float, ...], boo
     return kept, len(kept) <= MAX_MESSAGES_PER_SECOND
 
 
-def error(code: int, msg: str, request_id: Any = None) -> dict:
+def error(code: int, msg: str, request_id: Any = None) -> dict[str, Any]:
     """A Binance-style error reply."""
     return {"error": {"code": code, "msg": msg}, "id": request_id}
 
@@ -147,7 +146,7 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= 36 and value.isascii() and value.isalnum()
 
 
-def _decode(message: str | bytes) -> tuple[Any, dict | None]:
+def _decode(message: str | bytes) -> tuple[Any, dict[str, Any] | None]:
     """Parse JSON; on failure return a code-3 error shaped like Binance's."""
     try:
         return orjson.loads(message), None
@@ -190,14 +189,14 @@ def handle_message(session: Session, message: str | bytes, now: float, symbols: 
     return _property(session, method, params, request_id)
 
 
-def _change_streams(session: Session, method: str, params: list, request_id: Any, symbols: Set[str]) -> Outcome:
+def _change_streams(session: Session, method: str, params: list[Any], request_id: Any, symbols: Set[str]) -> Outcome:
     for name in params:
         if not isinstance(name, str) or not is_valid_stream(name, symbols):
             msg = f"Invalid request: invalid stream name {orjson.dumps(name).decode()}"
             return Outcome(session, reply=error(2, msg, request_id))
     if method == "SUBSCRIBE":
         streams = _dedupe((*session.streams, *params))
-        if len(streams) > MAX_STREAMS:
+        if len(streams) > MAX_STREAMS_PER_CONNECTION:
             return Outcome(session, close=Close(POLICY_VIOLATION, "Too many streams"))
     else:
         removed = set(params)
@@ -205,7 +204,7 @@ def _change_streams(session: Session, method: str, params: list, request_id: Any
     return Outcome(replace(session, streams=streams), reply={"result": None, "id": request_id})
 
 
-def _property(session: Session, method: str, params: list, request_id: Any) -> Outcome:
+def _property(session: Session, method: str, params: list[Any], request_id: Any) -> Outcome:
     expected_len = 2 if method == "SET_PROPERTY" else 1
     if len(params) > expected_len:
         return Outcome(session, reply=error(2, "Invalid request: too many parameters", request_id))
@@ -223,7 +222,7 @@ def _property(session: Session, method: str, params: list, request_id: Any) -> O
     return Outcome(replace(session, combined=value), reply={"result": None, "id": request_id})
 
 
-def server_shutdown_event(now_ms: int) -> dict:
+def server_shutdown_event(now_ms: int) -> dict[str, Any]:
     """The event Binance sends before it disconnects everyone for maintenance."""
     return {"e": "serverShutdown", "E": now_ms}
 
@@ -235,7 +234,7 @@ class TickFrames:
     stream cost one JSON encoding.  Events are not copied; do not mutate them.
     """
 
-    def __init__(self, events: Sequence[dict]) -> None:
+    def __init__(self, events: Sequence[dict[str, Any]]) -> None:
         self.events = tuple(events)
         self._by_stream = {stream_name(e["s"]): e for e in self.events}
         self._cache: dict[tuple[str, bool], Frame | None] = {}

@@ -4,7 +4,8 @@ Entry points:
 
 * ``SimulatorOptions`` - frozen configuration (host, port (0 = free port),
   symbols, interval between ticks in seconds, seed, faults, ping_interval,
-  ping_timeout).  Build ``faults`` with ``FaultSchedule.parse(spec)``.
+  ping_timeout).  Build ``faults`` with ``FaultSchedule.parse(spec)``.  A bad
+  port, symbol count or interval raises SettingsError naming the ``simulate`` flag.
 * ``SimulatorServer(options)`` - ``async with`` it in tests; exposes the URL,
   the record of sent events and on-demand fault methods.
 * ``SimulatorThread(options)`` - the same server on a daemon thread with its own
@@ -26,17 +27,21 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from crypto_live.errors import HandshakeError
+from crypto_live.binance import ALL_MARKET_STREAM, stream_name
+from crypto_live.errors import HandshakeError, SettingsError
 
 from . import market, protocol
 from .faults import JUNK_FRAMES, Fault, FaultSchedule
+
+T = TypeVar("T")
 
 # Ticks a connection may fall behind before it is cut off as a slow consumer.
 MAX_BACKLOG = 10_000
@@ -63,12 +68,17 @@ class SimulatorOptions:
     ping_timeout: float | None = 60.0  # ... and drops clients silent for a minute
 
     def __post_init__(self) -> None:
-        if self.symbols < 1:
-            raise ValueError(f"symbols must be >= 1, got {self.symbols}")
-        if not self.interval > 0:
-            raise ValueError(f"interval must be > 0, got {self.interval}")
+        """Refuse a bad value, however the options were built: the one check of them.
+
+        The SettingsError names the ``crypto-live simulate`` flag that sets the field
+        (``--port``, ``--symbols``, ``--interval``), so the command reports it as is.
+        """
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port out of range: {self.port}")
+            raise SettingsError("--port", str(self.port), "a port from 0 to 65535")
+        if self.symbols < 1:
+            raise SettingsError("--symbols", str(self.symbols), "a whole number >= 1")
+        if not self.interval > 0:
+            raise SettingsError("--interval", str(self.interval), "a positive number of seconds")
 
 
 class _Client:
@@ -82,6 +92,10 @@ class _Client:
         self.queue: asyncio.Queue[protocol.TickFrames] = asyncio.Queue(MAX_BACKLOG)
         self.dropped = False  # half-closed by a drop fault: never write to it again
         self.evicted = False  # fell MAX_BACKLOG ticks behind
+
+    def writable(self) -> bool:
+        """False once a drop fault half-closed the connection (it may happen at any await)."""
+        return not self.dropped
 
 
 class SimulatorServer:
@@ -100,13 +114,13 @@ class SimulatorServer:
         self.symbols: tuple[str, ...] = self._market.names
         self._symbol_set = frozenset(self.symbols)
         self._clients: set[_Client] = set()
-        self._sent: list[dict] = []
+        self._sent: list[dict[str, Any]] = []
         self._sent_lock = threading.Lock()  # readers may live on other threads
         self._changed = asyncio.Event()
         self._stall_until: float | None = None  # time.monotonic() deadline
         self._server: Server | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._background: set[asyncio.Task] = set()  # keeps fire-and-forget tasks alive
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks alive
         self.connections_accepted = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -151,13 +165,14 @@ class SimulatorServer:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("simulator is not running")
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def base_url(self) -> str:
         return f"ws://{self.options.host}:{self.port}"
 
-    def url(self, stream: str = protocol.ALL_MARKET_STREAM) -> str:
+    def url(self, stream: str = ALL_MARKET_STREAM) -> str:
         """Raw-stream URL, e.g. ``ws://127.0.0.1:PORT/ws/!miniTicker@arr``."""
         return f"{self.base_url}/ws/{stream}"
 
@@ -168,7 +183,7 @@ class SimulatorServer:
     # -- observation -------------------------------------------------------------
 
     @property
-    def sent_events(self) -> list[dict]:
+    def sent_events(self) -> list[dict[str, Any]]:
         """Snapshot of every market event sent, in send order, once per connection."""
         with self._sent_lock:
             return list(self._sent)
@@ -330,20 +345,22 @@ class SimulatorServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        client = _Client(ws, protocol.parse_path(ws.request.path, self._symbol_set))
+        request = ws.request
+        assert request is not None, "websockets calls the handler after the handshake"
+        client = _Client(ws, protocol.parse_path(request.path, self._symbol_set))
         self._clients.add(client)
         self.connections_accepted += 1
         self._changed.set()
         pump = asyncio.create_task(self._pump(client))
         try:
             async for message in ws:
-                if client.dropped:  # half-closed: write nothing, wait for the peer to hang up
+                if not client.writable():  # half-closed: write nothing, wait for the peer to hang up
                     continue
                 outcome = protocol.handle_message(client.session, message, time.monotonic(), self._symbol_set)
                 client.session = outcome.session
                 if outcome.reply is not None:
                     async with client.lock:
-                        if client.dropped:
+                        if not client.writable():  # dropped while we waited for the lock
                             continue
                         await ws.send(protocol.encode(outcome.reply))
                 if outcome.close is not None:
@@ -380,7 +397,7 @@ class SimulatorServer:
         except ConnectionClosed:
             pass
 
-    def _record(self, events: list[dict]) -> None:
+    def _record(self, events: list[dict[str, Any]]) -> None:
         if events:
             with self._sent_lock:
                 self._sent.extend(events)
@@ -486,7 +503,7 @@ class SimulatorThread:
             raise RuntimeError("simulator is not running")
         return self._sim
 
-    def _call(self, coro: Awaitable, timeout: float | None = 30.0):
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         if self._loop is None:
             raise RuntimeError("simulator is not running")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -503,7 +520,7 @@ class SimulatorThread:
     sent_count = property(lambda self: self.server.sent_count)
     connections_accepted = property(lambda self: self.server.connections_accepted)
 
-    def url(self, stream: str = protocol.ALL_MARKET_STREAM) -> str:
+    def url(self, stream: str = ALL_MARKET_STREAM) -> str:
         return self.server.url(stream)
 
     def combined_url(self, *streams: str) -> str:
@@ -557,8 +574,8 @@ async def serve_forever(options: SimulatorOptions, *, announce: Callable[[str], 
                 + ")"
             )
             announce(f"  all tickers: {sim.url()}")
-            announce(f"  one symbol:  {sim.url(protocol.stream_name(sim.symbols[0]))}")
-            announce(f"  combined:    {sim.combined_url(protocol.ALL_MARKET_STREAM)}")
+            announce(f"  one symbol:  {sim.url(stream_name(sim.symbols[0]))}")
+            announce(f"  combined:    {sim.combined_url(ALL_MARKET_STREAM)}")
             await stop.wait()
     finally:
         for sig in installed:
