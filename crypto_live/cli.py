@@ -18,7 +18,6 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from crypto_live import __version__, binance, logs
 from crypto_live.errors import CryptoLiveError, SettingsError

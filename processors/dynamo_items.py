@@ -1,4 +1,4 @@
-"""The DynamoDB table contract and everything about writing to it that needs no I/O.
+"""The DynamoDB rows: one per event, and everything about writing them that needs no I/O.
 
 One row per event, in the low-level client's typed form::
 
@@ -7,7 +7,8 @@ One row per event, in the low-level client's typed form::
      "base_volume": {"N": …}, "quote_volume": {"N": …},
      "event_type": {"S": "24hrMiniTicker"}, "ttl": {"N": "1700086400"}}
 
-Key: partition ``symbol`` (S), sort ``event_time`` (N, the event's ``E`` in ms).
+Key: partition ``symbol`` (S), sort ``event_time`` (N, the event's ``E`` in ms); the table
+itself is defined in :mod:`crypto_live.dynamo_table`.
 Prices and volumes travel as Binance's own decimal strings, never through float.
 ``ttl`` = ``E // 1000 + days × 86400``: it derives from the event, not the clock, so
 writing the same event twice writes the same row (replays are no-ops).
@@ -19,11 +20,10 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from crypto_live.dynamo_table import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 from crypto_live.event import DECIMAL_FIELDS, FIELDS
+from crypto_live.text import shorten
 
-PARTITION_KEY = ("symbol", "S")
-SORT_KEY = ("event_time", "N")
-TTL_ATTRIBUTE = "ttl"
 #: event field -> attribute holding it as a DynamoDB Number.
 NUMBER_ATTRIBUTES = {"c": "close", "o": "open", "h": "high", "l": "low", "v": "base_volume", "q": "quote_volume"}
 SECONDS_PER_DAY = 86_400
@@ -79,7 +79,7 @@ def item_problem(fields: Mapping[str, Any]) -> str | None:
         try:
             dynamo_number(fields[name])
         except ValueError as exc:
-            return f"field {name!r} ({FIELDS[name]}) {_short(fields[name])} {exc}"
+            return f"field {name!r} ({FIELDS[name]}) {shorten(fields[name], 50)} {exc}"
     return None
 
 
@@ -118,86 +118,3 @@ def put_batches(items: Iterable[Item], size: int = MAX_BATCH_WRITE) -> list[list
     """Duplicate-free PutRequest lists of at most ``size`` for BatchWriteItem."""
     requests = [{"PutRequest": {"Item": item}} for item in last_per_key(items)]
     return [requests[start : start + size] for start in range(0, len(requests), size)]
-
-
-def backoff_ceiling(attempt: int, *, base: float, cap: float) -> float:
-    """``base × 2^attempt`` seconds, capped at ``cap`` (attempt counts from 0)."""
-    return min(cap, base * 2 ** min(attempt, 62))
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
-    """Full-jitter delay before retry ``attempt``: ``jitter`` (uniform in [0, 1)) × ceiling.
-
-    Spreading retries over the whole interval keeps competing writers from retrying in step.
-    """
-    return jitter * backoff_ceiling(attempt, base=base, cap=cap)
-
-
-# --------------------------------------------------------------------------- table
-
-
-def key_schema() -> list[dict[str, str]]:
-    return [
-        {"AttributeName": PARTITION_KEY[0], "KeyType": "HASH"},
-        {"AttributeName": SORT_KEY[0], "KeyType": "RANGE"},
-    ]
-
-
-def create_table_request(table: str) -> dict[str, Any]:
-    """create_table arguments for the contract's table, billed on demand."""
-    return {
-        "TableName": table,
-        "KeySchema": key_schema(),
-        "AttributeDefinitions": [
-            {"AttributeName": name, "AttributeType": kind} for name, kind in (PARTITION_KEY, SORT_KEY)
-        ],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
-
-
-def expected_keys() -> str:
-    return f"partition key {_key(*PARTITION_KEY)}, sort key {_key(*SORT_KEY)}"
-
-
-_UNUSABLE_STATUSES = ("DELETING", "ARCHIVING", "ARCHIVED", "INACCESSIBLE_ENCRYPTION_CREDENTIALS")
-
-
-def table_problems(table: Mapping[str, Any] | None) -> list[str]:
-    """What keeps the sink from writing to a table, given describe_table's ``Table``.
-
-    ``None`` stands for a table that does not exist. An empty list means it fits.
-    """
-    if table is None:
-        return ["does not exist"]
-    problems = []
-    if table.get("TableStatus") in _UNUSABLE_STATUSES:
-        problems.append(f"is {table['TableStatus']}")
-    types = {d["AttributeName"]: d["AttributeType"] for d in table.get("AttributeDefinitions", [])}
-    by_role = {k["KeyType"]: k["AttributeName"] for k in table.get("KeySchema", [])}
-    for role, label, (name, kind) in (("HASH", "partition key", PARTITION_KEY), ("RANGE", "sort key", SORT_KEY)):
-        actual = by_role.get(role)
-        if actual is None:
-            problems.append(f"has no {label}, expected {_key(name, kind)}")
-        elif (actual, types.get(actual)) != (name, kind):
-            problems.append(f"{label} is {_key(actual, types.get(actual, '?'))}, expected {_key(name, kind)}")
-    return problems
-
-
-def ttl_problem(description: Mapping[str, Any]) -> str | None:
-    """Why rows would not expire, given describe_time_to_live's ``TimeToLiveDescription``."""
-    status = description.get("TimeToLiveStatus", "DISABLED")
-    attribute = description.get("AttributeName")
-    if status in ("ENABLED", "ENABLING") and attribute == TTL_ATTRIBUTE:
-        return None
-    if status in ("ENABLED", "ENABLING"):
-        return f"TTL is enabled on {attribute!r}, not {TTL_ATTRIBUTE!r}: rows will not expire"
-    return f"TTL is {status.lower()}, not enabled on {TTL_ATTRIBUTE!r}: rows will not expire"
-
-
-def _key(name: str, kind: str) -> str:
-    return f"{name!r} ({kind})"
-
-
-def _short(value: object, limit: int = 50) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -20,11 +20,18 @@ smaller objects, earlier. The alternatives fail the contract:
   on where the checkpoint was cut, so a replay after a crash, cut elsewhere, would leave
   the old chunks next to the new ones (duplicates; see :mod:`processors.s3_objects`).
 
-Failures: any S3 error left after boto3's own retries (outage, throttling, a bucket
-deleted or access revoked meanwhile) raises ``SinkBackpressureError`` with a growing
-delay. Quix pauses, seeks back to the committed offsets and replays the batch later; as
-object names depend only on topic, partition and first offset, the rewrite overwrites
-whatever part was written. The process keeps running through outages of any length.
+Failures, the rule both sinks follow (decided by :func:`crypto_live.aws.is_transient`):
+
+- Transient -- throttling (SlowDown), 5xx, a timeout, an unreachable endpoint, left after
+  boto3's own retries: ``SinkBackpressureError`` with a growing delay
+  (:func:`processors.stream.backpressure_backoff`, reset by a successful write). Quix
+  pauses, seeks back to the committed offsets and replays the batch later; as object
+  names depend only on topic, partition and first offset, the rewrite overwrites
+  whatever part was written. The process keeps running through outages of any length.
+- Anything else -- the bucket deleted, access revoked, the request refused: a
+  :class:`~crypto_live.errors.DestinationError` naming the bucket and the S3 error. The
+  process stops (exit status 1) and nothing is committed past what was stored; a
+  restart after the fix resumes from the last committed offset.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
@@ -39,11 +47,11 @@ from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from crypto_live import aws
-from crypto_live.cli import CommandError
-from crypto_live.kafka import TopicSetupError
+from crypto_live.backoff import Backoff
+from crypto_live.errors import BucketSetupError, DestinationError
 from crypto_live.settings import S3SinkSettings
 from processors.s3_objects import batch_objects
-from processors.stream import StreamPlan, build_application
+from processors.stream import StreamPlan, backpressure_backoff, build_application, state_directory
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +68,6 @@ CLIENT_OPTIONS: dict[str, Any] = {
 }
 #: Seconds after which write() stops starting new puts and asks for a replay instead.
 WRITE_BUDGET = 15.0
-#: Backpressure delays double from BACKOFF_BASE up to BACKOFF_CAP seconds: an outage
-#: costs at most BACKOFF_CAP seconds beyond its end, however long it lasted.
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 30.0
-
-_MISSING = frozenset({"404", "NoSuchBucket", "NotFound"})
-_DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
-
-
-class BucketSetupError(Exception):
-    """The bucket cannot be used; ``str()`` is one line naming it."""
-
-
-def backpressure_delay(streak: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Seconds to pause after ``streak`` failed writes in a row (counting from 0)."""
-    return min(cap, base * 2 ** min(streak, 62))
 
 
 class S3JsonlSink(BatchingSink):
@@ -92,8 +84,7 @@ class S3JsonlSink(BatchingSink):
         prefix: str,
         *,
         compression: str = "none",
-        backoff_base: float = BACKOFF_BASE,
-        backoff_cap: float = BACKOFF_CAP,
+        backpressure: Backoff | None = None,
         write_budget: float = WRITE_BUDGET,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -105,10 +96,9 @@ class S3JsonlSink(BatchingSink):
         self.objects_written = 0
         self.rows_written = 0
         self.backpressures = 0
-        self._backoff = {"base": backoff_base, "cap": backoff_cap}
+        self._backpressure = backpressure or backpressure_backoff()
         self._write_budget = write_budget
         self._clock = clock
-        self._streak = 0
         self._checked = False
 
     def __repr__(self) -> str:
@@ -116,6 +106,9 @@ class S3JsonlSink(BatchingSink):
 
     def _where(self) -> str:
         return f"(region {self.client.meta.region_name}, endpoint {self.client.meta.endpoint_url})"
+
+    def _label(self) -> str:
+        return f"S3 bucket {self.bucket!r} {self._where()}"
 
     def setup(self) -> None:
         """Check that the bucket exists and is ours to use; raise BucketSetupError naming it.
@@ -134,13 +127,13 @@ class S3JsonlSink(BatchingSink):
         log.info("writing to s3://%s/%s %s", self.bucket, self.prefix, self._where())
 
     def _setup_problem(self, exc: botocore.exceptions.ClientError) -> str:
-        code = _error_code(exc)
-        if code in _MISSING:
+        code = aws.error_code(exc)
+        if code in aws.MISSING_CODES:
             return (
                 f"S3 bucket {self.bucket!r} does not exist {self._where()}: create it with the "
                 "infrastructure code (or `crypto-live provision --aws` for a local stack)"
             )
-        if code in _DENIED:
+        if code in aws.DENIED_CODES:
             keys = f"{self.prefix}/*" if self.prefix else "*"
             return (
                 f"access to S3 bucket {self.bucket!r} is denied {self._where()}: the sink needs "
@@ -149,10 +142,11 @@ class S3JsonlSink(BatchingSink):
         if code in {"301", "PermanentRedirect"}:
             actual = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region", "?")
             return f"S3 bucket {self.bucket!r} is in region {actual}, not REGION={self.client.meta.region_name}"
-        return f"S3 bucket {self.bucket!r} {self._where()}: HeadBucket failed: {_error_text(exc)}"
+        return f"S3 bucket {self.bucket!r} {self._where()}: HeadBucket failed: {aws.error_text(exc)}"
 
     def write(self, batch: SinkBatch) -> None:
-        """Put the batch's objects, or raise SinkBackpressureError so Quix replays the batch."""
+        """Put the batch's objects; raise SinkBackpressureError so Quix replays the batch
+        later, or DestinationError when S3 refuses it for good (see the module docstring)."""
         objects = batch_objects(
             ((item.offset, item.value) for item in batch),
             prefix=self.prefix,
@@ -166,18 +160,19 @@ class S3JsonlSink(BatchingSink):
                 raise self._pause(f"writing took over {self._write_budget:.0f} s", obj.key)
             try:
                 self.client.put_object(Bucket=self.bucket, Key=obj.key, Body=obj.body, ContentType=obj.content_type)
-            except botocore.exceptions.ClientError as exc:
-                raise self._pause(_error_text(exc), obj.key) from None
-            except botocore.exceptions.BotoCoreError as exc:
-                raise self._pause(str(exc), obj.key) from None
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                if aws.is_transient(exc):
+                    raise self._pause(aws.error_text(exc), obj.key) from None
+                raise DestinationError(
+                    f"{self._label()} refused PutObject of {obj.key}: {aws.error_text(exc)}"
+                ) from None
             self.objects_written += 1
             self.rows_written += obj.rows
             log.info("wrote s3://%s/%s (%d rows)", self.bucket, obj.key, obj.rows)
-        self._streak = 0
+        self._backpressure.reset()
 
     def _pause(self, why: str, key: str) -> SinkBackpressureError:
-        retry_after = backpressure_delay(self._streak, **self._backoff)
-        self._streak += 1
+        retry_after = self._backpressure.next_delay()
         self.backpressures += 1
         log.warning(
             "S3 bucket %s did not take %s (%s): pausing %.1f s, then replaying from the last committed offset",
@@ -187,15 +182,6 @@ class S3JsonlSink(BatchingSink):
             retry_after,
         )
         return SinkBackpressureError(retry_after=retry_after)
-
-
-def _error_code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _error_text(exc: botocore.exceptions.ClientError) -> str:
-    error = exc.response.get("Error", {})
-    return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
 
 
 # --------------------------------------------------------------------------- wiring
@@ -211,18 +197,22 @@ def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
     )
 
 
-def application(settings: S3SinkSettings, sink: S3JsonlSink, **options: Any) -> Application:
+def application(settings: S3SinkSettings, sink: S3JsonlSink, state_dir: Path) -> Application:
     """The sink's Quix application: checkpoints of MAX_BATCH_SIZE messages or MAX_BATCH_TIMEOUT seconds."""
     plan = StreamPlan(STAGE, settings.consumer_group, settings.max_batch_size, settings.max_batch_timeout)
-    return build_application(settings.kafka, plan, sink, **options)
+    return build_application(settings.kafka, plan, sink, state_dir=state_dir)
 
 
 def run(settings: S3SinkSettings) -> int:
-    """Check the bucket, then consume until SIGTERM/SIGINT (which writes, commits and returns 0)."""
+    """Check the bucket, then consume until SIGTERM/SIGINT (which writes, commits and returns 0).
+
+    Errors (a bucket that is unusable at start or refuses writes later) propagate as
+    :class:`~crypto_live.errors.CryptoLiveError`; the state directory is removed either way.
+    """
     sink = jsonl_sink(settings)
-    try:
-        sink.setup()  # before Kafka: a wrong bucket is reported at once, alone
-        app = application(settings, sink)
+    sink.setup()  # before Kafka: a wrong bucket is reported at once, alone
+    with state_directory(STAGE) as state_dir:
+        app = application(settings, sink, state_dir)
         log.info(
             "consuming %s as group %s into s3://%s/%s (objects of up to %d events or %.1f s, compression %s)",
             settings.kafka.topic,
@@ -234,7 +224,5 @@ def run(settings: S3SinkSettings) -> int:
             settings.compression,
         )
         app.run()
-    except (BucketSetupError, TopicSetupError) as exc:
-        raise CommandError(str(exc)) from None
     log.info("stopped: %d objects, %d rows written", sink.objects_written, sink.rows_written)
     return 0

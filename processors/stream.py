@@ -7,22 +7,35 @@ checkpoint flushes the sinks (``BatchingSink.write`` per topic-partition), then 
 producer (dead letters), and only then commits the offsets: an offset is committed only
 after what it carried is stored. A sink that raises ``SinkBackpressureError`` makes
 Quix pause, seek back to the last committed offsets and process the batch again later.
+
+Both sinks follow one failure rule, decided by :func:`crypto_live.aws.is_transient`: a
+write AWS may take later (throttling, 5xx, a timeout, an unreachable endpoint) becomes
+backpressure, paused for :func:`backpressure_backoff`'s growing delay however long it
+lasts; any other refusal (the bucket or table deleted, access denied, the request
+refused) raises :class:`~crypto_live.errors.DestinationError` and stops the process with
+nothing committed past what was stored.
+
+A run owns a temporary Quix state directory (:func:`state_directory`): the application is
+stateless, but Quix insists on one, and it must not outlive the process.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from quixstreams import Application
 from quixstreams.context import message_context
-from quixstreams.models import TopicConfig
+from quixstreams.models import Topic, TopicConfig
 from quixstreams.sinks import BatchingSink
 
 from crypto_live import dead_letter
+from crypto_live.backoff import Backoff, exponential
 from crypto_live.event import Invalid, decode
 from crypto_live.kafka import client_config, ensure_topics, topic_specs
 from crypto_live.settings import KafkaSettings
@@ -57,16 +70,15 @@ def check_message(
         )
     result = decode(raw)
     if isinstance(result, Invalid):
-        reason: str | None = result.reason
+        reason = result.reason
     else:
-        reason = reject(result.fields) if reject is not None else None
-    if reason is not None:
-        return Checked(
-            dead_letter=dead_letter.dead_letter(
-                reason, raw, stage=stage, topic=topic, partition=partition, offset=offset
-            )
-        )
-    return Checked(event=result.fields)
+        refused = reject(result.fields) if reject is not None else None
+        if refused is None:
+            return Checked(event=result.fields)
+        reason = refused
+    return Checked(
+        dead_letter=dead_letter.dead_letter(reason, raw, stage=stage, topic=topic, partition=partition, offset=offset)
+    )
 
 
 @dataclass(frozen=True)
@@ -79,17 +91,33 @@ class StreamPlan:
     commit_interval: float
 
 
+def backpressure_backoff() -> Backoff:
+    """How long a sink pauses when its destination does not take writes: 1 s, doubling up
+    to 30 s. An outage of any length costs at most 30 s after it ends; reset it after a
+    successful write."""
+    return Backoff(lambda: exponential(1.0, 30.0))
+
+
+@contextmanager
+def state_directory(stage: str) -> Iterator[Path]:
+    """A Quix state directory for one run of ``stage``, removed when the run ends however it ends."""
+    with tempfile.TemporaryDirectory(prefix=f"crypto-live-{stage}-") as path:
+        yield Path(path)
+
+
 def build_application(
     kafka: KafkaSettings,
     plan: StreamPlan,
     sink: BatchingSink,
     *,
+    state_dir: Path,
     on_dead_letter: Callable[[dict[str, Any]], None] | None = None,
     reject: Reject | None = None,
 ) -> Application:
     """An Application wired for ``plan``; topics are created first if missing.
 
-    ``reject`` (see :func:`check_message`) sends valid events the sink cannot store to the DLQ.
+    ``state_dir`` is Quix's state directory (see :func:`state_directory`); ``reject`` (see
+    :func:`check_message`) sends valid events the sink cannot store to the DLQ.
     """
     ensure_topics(kafka)
     heartbeat_ms = max(100, min(3000, kafka.session_timeout_ms // 3))
@@ -108,7 +136,7 @@ def build_application(
         auto_create_topics=False,
         use_changelog_topics=False,
         # Stateless app: keep Quix's state directory out of the working directory.
-        state_dir=tempfile.mkdtemp(prefix=f"crypto-live-{plan.stage}-"),
+        state_dir=state_dir,
         consumer_extra_config={
             "session.timeout.ms": kafka.session_timeout_ms,
             "heartbeat.interval.ms": heartbeat_ms,
@@ -116,7 +144,7 @@ def build_application(
     )
     spec_by_name = {spec.name: spec for spec in topic_specs(kafka)}
 
-    def topic(name: str, **serde: Any):
+    def topic(name: str, **serde: Any) -> Topic:
         spec = spec_by_name[name]
         config = TopicConfig(
             num_partitions=spec.partitions,

@@ -159,7 +159,14 @@ class Publisher:
                 # Full local queue: wait for acknowledgements instead of dropping.
                 self.stats.queue_full += 1
                 await asyncio.sleep(QUEUE_FULL_WAIT)
-            except KafkaException as exc:  # refused outright, e.g. larger than message.max.bytes
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.code() in _RESEND or error.retriable():
+                    # The topic is not known yet (a broker back empty, before the keeper has
+                    # created it again): produce it again with the next resend round.
+                    self._resend.append(message)
+                    return
+                # Refused for good, e.g. larger than message.max.bytes.
                 self.stats.delivery_failures += 1
                 log.error("message for topic %s (key %r, %d bytes) refused: %s", topic, key, len(value), exc)
                 return

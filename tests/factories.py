@@ -7,6 +7,8 @@ from here, so that one definition of each is tested everywhere.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -15,6 +17,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from quixstreams.sinks import SinkBatch
+
+from crypto_live.kafka import ensure_topics
+from crypto_live.settings import KafkaSettings
 
 #: 2023-11-14T22:13:20Z: a fixed event time so tests are reproducible.
 BASE_TIME_MS = 1_700_000_000_000
@@ -76,6 +81,18 @@ def produce(
     assert producer.flush(10) == 0, "the test broker did not take every message"
 
 
+def publish(
+    kafka: KafkaSettings,
+    values: Iterable[Mapping[str, Any] | bytes],
+    *,
+    partition_of: Callable[[Mapping[str, Any]], int] | None = None,
+) -> None:
+    """:func:`produce` to ``kafka.topic`` after creating the topics as the services do, so
+    the topic has the configured partition count rather than the broker's default."""
+    ensure_topics(kafka)
+    produce(kafka.bootstrap_servers, kafka.topic, values, partition_of=partition_of)
+
+
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
     """The offset ``group`` committed on each of ``partitions`` partitions (negative: none yet).
 
@@ -121,3 +138,34 @@ def run_app_until(app: Any, scenario: Callable[[], None]) -> None:
     watchdog.join()
     if failure:
         raise failure[0]
+
+
+def run_service(service: Callable[[], int], scenario: Callable[[threading.Event], None], *, grace: float = 30.0) -> int:
+    """Run ``service`` (a sink's ``run(settings)``) in this, the main thread, where Quix
+    handles signals, while ``scenario(stopped)`` runs in another; ``stopped`` is set once
+    the service returned or raised. Returns what the service returns, raises what it raises.
+
+    A scenario that fails stops the service with SIGTERM, as a user would, and its failure
+    is re-raised here: a test fails instead of waiting for a service that will not stop.
+    """
+    stopped = threading.Event()
+    failure: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            scenario(stopped)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failure.append(exc)
+            # Only Quix's handler, installed by app.run(), stops the service; the default would end pytest.
+            if not stopped.is_set() and signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    watchdog = threading.Thread(target=drive, daemon=True)
+    watchdog.start()
+    try:
+        return service()
+    finally:
+        stopped.set()
+        watchdog.join(grace)
+        if failure:
+            raise failure[0]

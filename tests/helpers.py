@@ -81,7 +81,7 @@ def cli_env(*overrides: Mapping[str, str]) -> dict[str, str]:
 def start_cli(args: list[str], env: Mapping[str, str], **kwargs) -> subprocess.Popen:
     """Start ``crypto-live ARGS`` as a child process (stdout and stderr captured as text)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "crypto_live.cli", *args],
+        [sys.executable, "-m", "crypto_live", *args],
         env=dict(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -92,7 +92,7 @@ def start_cli(args: list[str], env: Mapping[str, str], **kwargs) -> subprocess.P
 
 def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "crypto_live.cli", *args],
+        [sys.executable, "-m", "crypto_live", *args],
         env=dict(env),
         capture_output=True,
         text=True,

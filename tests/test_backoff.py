@@ -1,24 +1,37 @@
-"""Reconnect timing: jittered exponential backoff and Binance's connection budget (pure)."""
+"""Reconnect timing: the shared jittered exponential backoff as the producer uses it, and
+the producer's budget under Binance's connection limit (pure)."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 
-from producer.backoff import BINANCE_ATTEMPTS_PER_WINDOW, Backoff, ConnectionBudget, full_jitter
+from crypto_live import binance
+from crypto_live.backoff import Backoff, exponential, full_jitter
+from producer.budget import ConnectionBudget
+
+
+def nth(iterator, n: int) -> float:
+    """The ``n``-th value (from 0) of ``iterator``."""
+    return next(itertools.islice(iterator, n, None))
+
+
+def jittered(base: float, cap: float, draw) -> Backoff:
+    return Backoff(lambda: full_jitter(exponential(base, cap), draw=draw))
 
 
 def test_full_jitter_scales_the_draw_by_the_capped_exponential():
-    assert full_jitter(0, 0.5, 60, 0.999) == pytest.approx(0.4995)
-    assert full_jitter(3, 0.5, 60, 0.5) == pytest.approx(2.0)
-    assert full_jitter(10, 0.5, 60, 0.5) == pytest.approx(30.0)  # capped at 60
-    assert full_jitter(10_000, 0.5, 60, 0.999) == pytest.approx(59.94)  # no overflow
-    assert full_jitter(5, 0.5, 60, 0.0) == 0.0
+    assert nth(full_jitter(exponential(0.5, 60), draw=lambda: 0.999), 0) == pytest.approx(0.4995)
+    assert nth(full_jitter(exponential(0.5, 60), draw=lambda: 0.5), 3) == pytest.approx(2.0)
+    assert nth(full_jitter(exponential(0.5, 60), draw=lambda: 0.5), 10) == pytest.approx(30.0)  # capped at 60
+    assert nth(full_jitter(exponential(0.5, 60), draw=lambda: 0.999), 10_000) == pytest.approx(59.94)  # no overflow
+    assert nth(full_jitter(exponential(0.5, 60), draw=lambda: 0.0), 5) == 0.0
 
 
 def test_delays_grow_until_the_cap_and_never_exceed_it():
-    backoff = Backoff(base=0.5, cap=8.0, draw=lambda: 0.999999)
+    backoff = jittered(0.5, 8.0, draw=lambda: 0.999999)
     delays = [backoff.next_delay() for _ in range(8)]
     assert delays[:5] == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0], rel=1e-5)
     assert all(d <= 8.0 for d in delays)
@@ -26,7 +39,7 @@ def test_delays_grow_until_the_cap_and_never_exceed_it():
 
 
 def test_delays_are_spread_by_jitter():
-    backoff = Backoff(base=1, cap=60, draw=random.Random(7).random)
+    backoff = jittered(1, 60, draw=random.Random(7).random)
     delays = []
     for _ in range(200):
         backoff.reset()
@@ -38,17 +51,18 @@ def test_delays_are_spread_by_jitter():
 
 
 def test_reset_after_data_flows_starts_small_again():
-    backoff = Backoff(base=0.5, cap=60, draw=lambda: 0.99)
+    backoff = jittered(0.5, 60, draw=lambda: 0.99)
     for _ in range(10):
         backoff.next_delay()
     backoff.reset()
+    assert backoff.failures == 0
     assert backoff.next_delay() < 0.5
 
 
-@pytest.mark.parametrize("base, cap", [(0, 1), (1, 0), (-1, 5)])
-def test_backoff_rejects_non_positive_bounds(base, cap):
+@pytest.mark.parametrize("base, cap, factor", [(0, 1, 2), (1, 0, 2), (-1, 5, 2), (1, 5, 0.5)])
+def test_backoff_rejects_non_positive_bounds(base, cap, factor):
     with pytest.raises(ValueError):
-        Backoff(base=base, cap=cap)
+        exponential(base, cap, factor)  # refused on the call, before any delay is drawn
 
 
 def test_budget_allows_the_limit_then_waits_for_the_oldest_attempt_to_leave_the_window():
@@ -72,8 +86,8 @@ def test_default_budget_keeps_any_five_minutes_under_binances_limit():
         attempts.append(now)
         now += 0.01  # connect, get dropped, reconnect immediately
     for i, start in enumerate(attempts):
-        in_window = sum(1 for t in attempts[i:] if t < start + 300)
-        assert in_window < BINANCE_ATTEMPTS_PER_WINDOW
+        in_window = sum(1 for t in attempts[i:] if t < start + binance.CONNECTION_WINDOW)
+        assert in_window < binance.CONNECTION_ATTEMPTS_PER_WINDOW
 
 
 @pytest.mark.parametrize("limit, window", [(0, 300), (10, 0)])

@@ -1,4 +1,4 @@
-"""The DynamoDB row contract, batching and backoff, without any I/O."""
+"""The DynamoDB row contract and batching, without any I/O."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ from boto3.dynamodb.types import TypeDeserializer
 
 from processors import dynamo_items as items
 from processors.stream import check_message
+from tests.factories import ticker
 
-EVENT = {
-    "e": "24hrMiniTicker",
-    "E": 1700000000123,
-    "s": "BNBBTC",
-    "c": "0.00250000",
-    "o": "0.00000001",
-    "h": "123456789.12345678",
-    "l": "0.0010",
-    "v": "10000",
-    "q": "18",
-}
+# Binance's own decimal strings, leading and trailing zeros included, and one a float would round.
+EVENT = ticker(
+    symbol="BNBBTC",
+    event_time=1700000000123,
+    c="0.00250000",
+    o="0.00000001",
+    h="123456789.12345678",
+    l="0.0010",
+    v="10000",
+    q="18",
+)
 
 
 def test_item_carries_binance_decimals_exactly_and_ttl_from_event_time():
@@ -101,51 +102,3 @@ def test_put_batches_hold_at_most_25_distinct_keys():
     keys = [items.item_key(r["PutRequest"]["Item"]) for b in batches for r in b]
     assert len(keys) == len(set(keys)) == 60
     assert items.put_batches([]) == []
-
-
-def test_backoff_is_exponential_capped_and_fully_jittered():
-    ceilings = [items.backoff_ceiling(n, base=0.05, cap=2.0) for n in range(8)]
-    assert ceilings == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
-    assert items.backoff_ceiling(10_000, base=1, cap=30) == 30
-    assert items.backoff_delay(3, base=0.05, cap=2.0, jitter=0.0) == 0.0
-    assert items.backoff_delay(3, base=0.05, cap=2.0, jitter=0.5) == pytest.approx(0.2)
-
-
-def _described(keys, types, status="ACTIVE"):
-    return {
-        "TableStatus": status,
-        "KeySchema": [{"AttributeName": n, "KeyType": r} for n, r in keys],
-        "AttributeDefinitions": [{"AttributeName": n, "AttributeType": t} for n, t in types.items()],
-    }
-
-
-def test_table_problems_name_what_differs_from_the_contract():
-    assert items.table_problems(None) == ["does not exist"]
-    good = _described([("symbol", "HASH"), ("event_time", "RANGE")], {"symbol": "S", "event_time": "N"})
-    assert items.table_problems(good) == []
-    assert items.table_problems(_described([("id", "HASH")], {"id": "S"})) == [
-        "partition key is 'id' (S), expected 'symbol' (S)",
-        "has no sort key, expected 'event_time' (N)",
-    ]
-    assert items.table_problems(
-        _described([("symbol", "HASH"), ("event_time", "RANGE")], {"symbol": "S", "event_time": "S"})
-    ) == ["sort key is 'event_time' (S), expected 'event_time' (N)"]
-    assert items.table_problems(
-        _described([("event_time", "HASH"), ("symbol", "RANGE")], {"symbol": "S", "event_time": "N"})
-    ) == [
-        "partition key is 'event_time' (N), expected 'symbol' (S)",
-        "sort key is 'symbol' (S), expected 'event_time' (N)",
-    ]
-    assert items.table_problems({**good, "TableStatus": "DELETING"}) == ["is DELETING"]
-
-
-def test_create_request_matches_the_contract_it_is_checked_against():
-    request = items.create_table_request("t1")
-    assert request["BillingMode"] == "PAY_PER_REQUEST"
-    assert items.table_problems({**request, "TableStatus": "ACTIVE"}) == []
-
-
-def test_ttl_problem_only_when_rows_would_not_expire():
-    assert items.ttl_problem({"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}) is None
-    assert "disabled" in items.ttl_problem({"TimeToLiveStatus": "DISABLED"})
-    assert "'expires_at'" in items.ttl_problem({"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"})

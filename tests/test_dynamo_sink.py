@@ -1,47 +1,31 @@
-"""`crypto-live dynamo-sink` against the test broker and moto: rows, replays, DLQ, start-up, SIGTERM."""
+"""`crypto-live dynamo-sink` against the test broker and moto: rows, replays, DLQ, start-up, stops."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
+import tempfile
 import threading
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 
 import boto3
 import orjson
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
-from confluent_kafka import Consumer, Producer, TopicPartition
-from quixstreams.sinks import SinkBatch
 
 from crypto_live.dead_letter import original_bytes
-from crypto_live.kafka import ensure_topics
+from crypto_live.dynamo_table import create_table_request
+from crypto_live.errors import DestinationError
 from crypto_live.settings import DynamoSinkSettings, KafkaSettings, load
-from processors.dynamo_items import create_table_request, ttl_seconds
-from processors.dynamo_sink import application, table_sink
-from tests.helpers import cli_env, read_topic, wait_for
+from processors.dynamo_items import ttl_seconds
+from processors.dynamo_sink import STAGE, DynamoTableSink, application, run, table_sink
+from processors.stream import state_directory
+from tests.factories import committed, key_of, produce, publish, run_app_until, run_service, sink_batch, ticker
+from tests.helpers import cli_env, read_topic, run_cli, start_cli, wait_for
 
-# The installed `crypto-live` command, as users run it. (`python -m crypto_live.cli`
-# runs cli.py as __main__, whose CommandError is not the one services raise.)
-CRYPTO_LIVE = str(Path(sys.executable).with_name("crypto-live"))
 TTL_DAYS = 2
-
-
-def event(symbol: str, n: int, **fields: str) -> dict:
-    return {
-        "e": "24hrMiniTicker",
-        "E": 1700000000000 + n * 1000,
-        "s": symbol,
-        "c": f"{n}.10000000",
-        "o": "0.00000001",
-        "h": "123456789.12345678",
-        "l": "0.00250000",
-        "v": f"{n}",
-        "q": "18",
-        **fields,
-    }
+#: Prices as Binance sends them that a float would not carry exactly: the rows must.
+EXACT = {"o": "0.00000001", "h": "123456789.12345678", "l": "0.00250000", "q": "18"}
 
 
 @pytest.fixture
@@ -67,22 +51,6 @@ def env(kafka_env, aws_env, table):
     }
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes | dict], partition: int | None = None) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for value in values:
-        key = value["s"].encode() if isinstance(value, dict) else b"junk"
-        timestamp = value["E"] if isinstance(value, dict) else 0
-        extra = {} if partition is None else {"partition": partition}
-        producer.produce(
-            topic,
-            key=key,
-            value=value if isinstance(value, bytes) else orjson.dumps(value),
-            timestamp=timestamp,
-            **extra,
-        )
-    assert producer.flush(10) == 0
-
-
 def scan(dynamodb, name: str) -> dict[tuple[str, int], dict]:
     """Every row as plain Python values (numbers as Decimal), by (symbol, event_time)."""
     rows = {}
@@ -93,42 +61,32 @@ def scan(dynamodb, name: str) -> dict[tuple[str, int], dict]:
     return rows
 
 
-def run_until(app, condition, timeout: float = 30, what: str = "") -> None:
-    """Run ``app`` in this (the main) thread until ``condition`` holds, then stop it."""
-    failure: list[AssertionError] = []
+def run_until(settings: DynamoSinkSettings, sink: DynamoTableSink, condition: Callable[[], object], what: str) -> None:
+    """Run the sink's application here until ``condition`` holds (30 s at most), then stop it."""
+    with state_directory(STAGE) as state_dir:
+        run_app_until(application(settings, sink, state_dir), lambda: wait_for(condition, 30, interval=0.1, what=what))
 
-    def watch():
-        try:
-            wait_for(condition, timeout, interval=0.1, what=what)
-        except AssertionError as exc:
-            failure.append(exc)
-        finally:
-            app.stop()
 
-    watchdog = threading.Thread(target=watch, daemon=True)
-    watchdog.start()
-    app.run()
-    watchdog.join()
-    if failure:
-        raise failure[0]
+def writer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("dynamo-writer") and t.is_alive()}
 
 
 def test_one_exact_row_per_event_poison_dead_lettered_and_a_replay_changes_nothing(env, dynamodb, table):
     settings = load(DynamoSinkSettings, env)
     bootstrap, topic = settings.kafka.bootstrap_servers, settings.kafka.topic
-    before_poison = [event(s, n) for n in range(10) for s in ("BTCUSDT", "ETHUSDT")]
-    after_poison = [event(s, n) for n in range(10, 20) for s in ("BTCUSDT", "BNBBTC")]
+    before_poison = [ticker(n, symbol=s, **EXACT) for n in range(10) for s in ("BTCUSDT", "ETHUSDT")]
+    after_poison = [ticker(n, symbol=s, **EXACT) for n in range(10, 20) for s in ("BTCUSDT", "BNBBTC")]
     poison = [
         b"}{not json",
-        orjson.dumps({**event("BTCUSDT", 99), "c": "NaN"}),
-        orjson.dumps(event("BTCUSDT", 98, q="1." + "2" * 40)),
+        orjson.dumps(ticker(99, c="NaN")),
+        orjson.dumps(ticker(98, q="1." + "2" * 40)),
     ]
     # Everything is in the topic before the group exists: a new group starts from the earliest offset.
     produce(bootstrap, topic, before_poison + [before_poison[0]] + poison + after_poison)
     valid = before_poison + after_poison
 
-    sink = table_sink(settings)
-    run_until(application(settings, sink), lambda: len(scan(dynamodb, table)) == len(valid), what="every row")
+    with table_sink(settings) as sink:
+        run_until(settings, sink, lambda: len(scan(dynamodb, table)) == len(valid), what="every row")
 
     rows = scan(dynamodb, table)
     assert set(rows) == {(e["s"], e["E"]) for e in valid}
@@ -153,31 +111,29 @@ def test_one_exact_row_per_event_poison_dead_lettered_and_a_replay_changes_nothi
 
     # Replay the whole topic with a second group: same rows, nothing else.
     replay = load(DynamoSinkSettings, {**env, "DYNAMO_SINK_GROUP": f"{settings.consumer_group}-replay"})
-    replay_sink = table_sink(replay)
-    run_until(application(replay, replay_sink), lambda: replay_sink.rows_written >= len(valid), what="replay")
+    with table_sink(replay) as replay_sink:
+        run_until(replay, replay_sink, lambda: replay_sink.rows_written >= len(valid), what="replay")
     assert scan(dynamodb, table) == rows
 
 
 def test_duplicate_keys_in_one_batch_become_one_row_with_the_last_values(env, dynamodb, table):
     # moto, like DynamoDB, refuses a BatchWriteItem naming the same item twice.
-    sink = table_sink(load(DynamoSinkSettings, env))
-    sink.setup()
-    batch = SinkBatch(topic="miniticker", partition=0)
-    same = event("BTCUSDT", 1)
-    for offset, fields in enumerate([same, event("BTCUSDT", 2), same, {**same, "c": "7.5"}]):
-        batch.append(value=fields, key=b"BTCUSDT", timestamp=fields["E"], headers=[], offset=offset)
-    sink.write(batch)
+    same = ticker(1)
+    with table_sink(load(DynamoSinkSettings, env)) as sink:
+        sink.setup()
+        sink.write(sink_batch([same, ticker(2), same, ticker(1, c="7.5")]))
     rows = scan(dynamodb, table)
     assert len(rows) == 2
-    assert rows[("BTCUSDT", same["E"])]["close"] == Decimal("7.5")
+    assert rows[key_of(same)]["close"] == Decimal("7.5")
 
 
 def test_create_switch_makes_an_on_demand_table_with_ttl_on_ttl(kafka_env, aws_env, dynamodb, unique):
     name = f"created-{unique}"
-    sink = table_sink(
-        load(DynamoSinkSettings, {**kafka_env, **aws_env, "DYNAMO_TABLE_NAME": name, "DYNAMO_CREATE_TABLE": "true"})
+    settings = load(
+        DynamoSinkSettings, {**kafka_env, **aws_env, "DYNAMO_TABLE_NAME": name, "DYNAMO_CREATE_TABLE": "true"}
     )
-    sink.setup()
+    with table_sink(settings) as sink:
+        sink.setup()
     described = dynamodb.describe_table(TableName=name)["Table"]
     assert described["KeySchema"] == [
         {"AttributeName": "symbol", "KeyType": "HASH"},
@@ -216,13 +172,7 @@ def test_a_missing_or_mis_keyed_table_is_refused_in_one_line(kafka_env, aws_env,
             KeySchema=[{"AttributeName": n, "KeyType": role} for n, role, _ in schema],
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": kind} for n, _, kind in schema],
         )
-    result = subprocess.run(
-        [CRYPTO_LIVE, "dynamo-sink"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(kafka_env, aws_env, {"DYNAMO_TABLE_NAME": name}),
-    )
+    result = run_cli(["dynamo-sink"], cli_env(kafka_env, aws_env, {"DYNAMO_TABLE_NAME": name}))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
@@ -231,16 +181,9 @@ def test_a_missing_or_mis_keyed_table_is_refused_in_one_line(kafka_env, aws_env,
     assert (name in dynamodb.list_tables()["TableNames"]) == bool(schema)  # never created without the switch
 
 
-def committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        (position,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return position.offset
-    finally:
-        consumer.close()
-
-
-def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, dynamodb, unique):
+def test_sigterm_writes_the_open_batch_commits_exits_0_and_leaves_no_state_directory(
+    kafka_env, aws_env, dynamodb, unique, tmp_path
+):
     name = f"sigterm-{unique}"
     env = cli_env(
         kafka_env,
@@ -252,6 +195,7 @@ def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, d
             # Batches close every 10 events; the last 5 only close on shutdown.
             "DYNAMO_MAX_BATCH_SIZE": "10",
             "DYNAMO_MAX_BATCH_TIMEOUT": "300",
+            "TMPDIR": str(tmp_path),  # where the run's Quix state directory goes
         },
     )
     bootstrap, topic, group = (
@@ -259,11 +203,8 @@ def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, d
         kafka_env["KAFKA_TOPIC"],
         kafka_env["DYNAMO_SINK_GROUP"],
     )
-    ensure_topics(load(KafkaSettings, env))
-    produce(bootstrap, topic, [event("BTCUSDT", n) for n in range(25)], partition=0)
-    process = subprocess.Popen(
-        [CRYPTO_LIVE, "dynamo-sink"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    publish(load(KafkaSettings, env), [ticker(n) for n in range(25)])
+    process = start_cli(["dynamo-sink"], env)
     try:
         wait_for(
             lambda: (
@@ -271,7 +212,7 @@ def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, d
                 or (
                     name in dynamodb.list_tables()["TableNames"]
                     and len(scan(dynamodb, name)) == 20
-                    and committed(bootstrap, group, topic) == 20
+                    and committed(bootstrap, group, topic, 1) == [20]
                 )
             ),
             30,
@@ -279,6 +220,7 @@ def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, d
             what="two full batches written and committed",
         )
         assert process.poll() is None, process.communicate()[1][-3000:]
+        assert list(tmp_path.glob(f"crypto-live-{STAGE}-*")), "the run keeps its state elsewhere: nothing to check"
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -287,4 +229,39 @@ def test_sigterm_writes_the_open_batch_commits_and_exits_0(kafka_env, aws_env, d
             process.wait()
     assert process.returncode == 0, stderr[-3000:]
     assert len(scan(dynamodb, name)) == 25
-    assert committed(bootstrap, group, topic) == 25  # a restart re-consumes nothing
+    assert committed(bootstrap, group, topic, 1) == [25]  # a restart re-consumes nothing
+    assert not list(tmp_path.glob("crypto-live-*"))
+
+
+def test_a_table_deleted_mid_run_stops_the_sink_naming_it_and_nothing_past_the_stored_rows_is_committed(
+    env, dynamodb, table, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's Quix state directory goes
+    settings = load(DynamoSinkSettings, {**env, "KAFKA_TOPIC_PARTITIONS": "1", "DYNAMO_MAX_BATCH_SIZE": "30"})
+    kafka, group = settings.kafka, settings.consumer_group
+    stored = [ticker(n) for n in range(60)]  # two batches of 30 rows: two requests each, so the writer pool runs
+    publish(kafka, stored)
+    before = writer_threads()
+    seen: dict[str, object] = {}
+
+    def scenario(stopped: threading.Event) -> None:
+        wait_for(
+            lambda: committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [60], 30, interval=0.1, what="60 rows"
+        )
+        assert len(scan(dynamodb, table)) == 60
+        seen["writers"] = writer_threads() - before
+        seen["state"] = list(tmp_path.glob(f"crypto-live-{STAGE}-*"))
+        dynamodb.delete_table(TableName=table)
+        publish(kafka, [ticker(n) for n in range(60, 70)])
+        assert stopped.wait(60), "the sink kept running without its table"
+
+    with pytest.raises(DestinationError) as raised:
+        run_service(lambda: run(settings), scenario)
+
+    assert str(raised.value).startswith(f"DynamoDB table {table!r} (region ap-southeast-1): BatchWriteItem failed: ")
+    assert "ResourceNotFoundException" in str(raised.value) and "\n" not in str(raised.value)
+    assert committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [60]  # a restart retries the 10 unstored
+    # The run cleaned up after itself: its writer threads and its Quix state directory are gone.
+    assert seen["writers"] and seen["state"], "the run used no writer threads or state directory: nothing to check"
+    assert not writer_threads() - before
+    assert not list(tmp_path.glob("crypto-live-*"))

@@ -12,33 +12,14 @@ from types import SimpleNamespace
 
 import botocore.exceptions
 import pytest
-from quixstreams.sinks import SinkBackpressureError, SinkBatch
+from quixstreams.sinks import SinkBackpressureError
 
+from crypto_live.errors import DestinationError
 from processors.dynamo_items import item_key, to_item
-from processors.dynamo_sink import DynamoTableSink, DynamoWriteError
+from processors.dynamo_sink import DynamoTableSink
+from tests.factories import key_of, sink_batch, ticker
 
 TABLE = "tickers"
-
-
-def event(symbol: str, n: int, close: str = "1.00000000") -> dict:
-    return {
-        "e": "24hrMiniTicker",
-        "E": 1700000000000 + n,
-        "s": symbol,
-        "c": close,
-        "o": "0.00000001",
-        "h": "123456789.12345678",
-        "l": "0.5",
-        "v": "10",
-        "q": "20",
-    }
-
-
-def batch_of(events: list[dict]) -> SinkBatch:
-    batch = SinkBatch(topic="miniticker", partition=0)
-    for offset, fields in enumerate(events):
-        batch.append(value=fields, key=fields["s"].encode(), timestamp=fields["E"], headers=[], offset=offset)
-    return batch
 
 
 def client_error(code: str, status: int = 400) -> botocore.exceptions.ClientError:
@@ -94,14 +75,20 @@ def make_sink(client: FakeDynamo, sleeps: list[float], **options) -> DynamoTable
     return DynamoTableSink(client, TABLE, ttl_days=1, sleep=sleeps.append, jitter=lambda: 1.0, **options)
 
 
+def row_key(event: dict) -> tuple[str, str]:
+    """The stored row's key of ``event``, as the stand-in files it."""
+    symbol, event_time = key_of(event)
+    return symbol, str(event_time)
+
+
 def test_unprocessed_items_are_retried_with_backoff_until_all_are_written():
     client = FakeDynamo(script=[10, 4, 1])  # the first chunk comes back partly unprocessed three times
     sleeps: list[float] = []
     # One writer: the two requests of this batch go out in order, so the script is theirs.
     sink = make_sink(client, sleeps, retry_base=0.05, retry_cap=2.0, writers=1)
-    events = [event("BTCUSDT", n) for n in range(40)]
+    events = [ticker(n) for n in range(40)]
 
-    sink.write(batch_of(events))
+    sink.write(sink_batch(events))
 
     assert set(client.rows) == {item_key(to_item(e, 1)) for e in events}
     assert client.calls == [25, 10, 4, 1, 15]  # retries resend only what was left over
@@ -116,17 +103,33 @@ def test_full_jitter_spreads_retries_below_the_ceiling():
     sink = DynamoTableSink(
         client, TABLE, ttl_days=1, sleep=sleeps.append, jitter=lambda: next(jitters), retry_base=0.1, retry_cap=2.0
     )
-    sink.write(batch_of([event("ETHUSDT", n) for n in range(5)]))
+    sink.write(sink_batch([ticker(n, symbol="ETHUSDT") for n in range(5)]))
     assert sleeps == [0.05, 0.05]  # 0.5 × 0.1, then 0.25 × 0.2
     assert len(client.rows) == 5
+
+
+def test_retry_delays_double_up_to_their_cap_and_jitter_draws_below_it():
+    client = FakeDynamo(script=[1] * 8)  # one item left unprocessed by eight calls in a row
+    sleeps: list[float] = []
+    sink = make_sink(client, sleeps, unprocessed_retries=8, retry_base=0.05, retry_cap=2.0)
+    sink.write(sink_batch([ticker(n) for n in range(3)]))
+    assert sleeps == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]  # jitter pinned at its maximum: the ceilings
+    assert len(client.rows) == 3
+
+    no_wait: list[float] = []
+    unlucky = DynamoTableSink(
+        FakeDynamo(script=[1] * 3), TABLE, ttl_days=1, sleep=no_wait.append, jitter=lambda: 0.0, retry_base=0.05
+    )
+    unlucky.write(sink_batch([ticker(n) for n in range(3)]))
+    assert no_wait == [0.0, 0.0, 0.0]  # full jitter reaches down to no wait at all
 
 
 def test_items_still_unprocessed_become_backpressure_that_grows_and_resets():
     never_through = [3] * 6  # one call and five retries, each leaving all three items unprocessed
     client = FakeDynamo(script=never_through * 2 + [0] + never_through)
     sleeps: list[float] = []
-    sink = make_sink(client, sleeps, unprocessed_retries=5, backpressure_base=1.0, backpressure_cap=30.0)
-    batch = batch_of([event("BTCUSDT", n) for n in range(3)])
+    sink = make_sink(client, sleeps, unprocessed_retries=5)  # the production backpressure: 1 s, doubling
+    batch = sink_batch([ticker(n) for n in range(3)])
     pauses = []
     for _ in range(2):
         with pytest.raises(SinkBackpressureError) as pause:
@@ -155,29 +158,24 @@ def test_throttling_and_outages_after_boto3_retries_become_backpressure(failure)
     client = FakeDynamo(script=[failure])
     sink = make_sink(client, [])
     with pytest.raises(SinkBackpressureError):
-        sink.write(batch_of([event("BTCUSDT", 1)]))
+        sink.write(sink_batch([ticker(1)]))
     assert client.rows == {}
 
 
 @pytest.mark.parametrize("code", ["ResourceNotFoundException", "AccessDeniedException", "ValidationException"])
 def test_errors_waiting_cannot_fix_stop_the_sink_naming_the_table(code):
     sink = make_sink(FakeDynamo(script=[client_error(code)]), [])
-    with pytest.raises(DynamoWriteError, match=f"DynamoDB table 'tickers' .*BatchWriteItem failed: {code}"):
-        sink.write(batch_of([event("BTCUSDT", 1)]))
+    with pytest.raises(DestinationError, match=f"DynamoDB table 'tickers' .*BatchWriteItem failed: {code}"):
+        sink.write(sink_batch([ticker(1)]))
 
 
 def test_duplicate_keys_in_one_batch_are_written_once_with_the_last_values():
     client = FakeDynamo()
     sink = make_sink(client, [])
-    events = [
-        event("BTCUSDT", 1, close="1.0"),
-        event("BTCUSDT", 2),
-        event("BTCUSDT", 1, close="1.0"),
-        event("BTCUSDT", 1, close="2.5"),
-    ]
-    sink.write(batch_of(events))
+    events = [ticker(1, c="1.0"), ticker(2), ticker(1, c="1.0"), ticker(1, c="2.5")]
+    sink.write(sink_batch(events))
     assert client.calls == [2]
-    assert client.rows[("BTCUSDT", "1700000000001")]["close"] == {"N": "2.5"}
+    assert client.rows[row_key(events[0])]["close"] == {"N": "2.5"}
 
 
 def test_the_requests_of_one_batch_are_written_concurrently():
@@ -185,8 +183,8 @@ def test_the_requests_of_one_batch_are_written_concurrently():
     # arrived, so the batch completes only if the sink has them in flight together.
     client = FakeDynamo(barrier=threading.Barrier(4, timeout=10))
     sink = make_sink(client, [], writers=4)
-    events = [event(f"SYM{n % 7}", n) for n in range(100)]
-    sink.write(batch_of(events))
+    events = [ticker(n, symbol=f"SYM{n % 7}") for n in range(100)]
+    sink.write(sink_batch(events))
     assert sorted(client.calls) == [25, 25, 25, 25]
     assert set(client.rows) == {item_key(to_item(e, 1)) for e in events}
     assert sink.rows_written == 100
@@ -196,14 +194,12 @@ def test_one_throttled_request_pauses_the_batch_and_the_replay_completes_it():
     client = FakeDynamo()
     client.failing_symbols["B"] = client_error("ThrottlingException")
     sink = make_sink(client, [], writers=4)
-    events = (
-        [event("A", n) for n in range(25)] + [event("B", n) for n in range(25)] + [event("C", n) for n in range(25)]
-    )
+    events = [ticker(n, symbol=symbol) for symbol in "ABC" for n in range(25)]
     with pytest.raises(SinkBackpressureError):
-        sink.write(batch_of(events))
+        sink.write(sink_batch(events))
     assert sink.rows_written == 50  # A and C went through; B did not
     del client.failing_symbols["B"]
-    sink.write(batch_of(events))  # Quix replays the whole batch from the committed offset
+    sink.write(sink_batch(events))  # Quix replays the whole batch from the committed offset
     assert set(client.rows) == {item_key(to_item(e, 1)) for e in events}
 
 
@@ -212,6 +208,19 @@ def test_an_error_waiting_cannot_fix_wins_over_backpressure_in_the_same_batch():
     client.failing_symbols["A"] = client_error("ThrottlingException")
     client.failing_symbols["B"] = client_error("AccessDeniedException")
     sink = make_sink(client, [], writers=4)
-    events = [event("A", n) for n in range(25)] + [event("B", n) for n in range(25)]
-    with pytest.raises(DynamoWriteError, match="AccessDeniedException"):
-        sink.write(batch_of(events))
+    events = [ticker(n, symbol=symbol) for symbol in "AB" for n in range(25)]
+    with pytest.raises(DestinationError, match="AccessDeniedException"):
+        sink.write(sink_batch(events))
+
+
+def writer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("dynamo-writer")}
+
+
+def test_closing_the_sink_stops_its_writer_threads():
+    before = writer_threads()
+    with make_sink(FakeDynamo(), [], writers=4) as sink:
+        sink.write(sink_batch([ticker(n) for n in range(100)]))  # four requests: the pool is used
+        started = writer_threads() - before
+        assert started, "the batch was written without the writer pool: the check below would prove nothing"
+    assert not any(thread.is_alive() for thread in started)

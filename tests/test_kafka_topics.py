@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from crypto_live.kafka import TopicSetupError, ensure_topics, topic_specs
+from crypto_live.errors import TopicSetupError
+from crypto_live.kafka import ensure_topics, topic_specs
 from crypto_live.settings import KafkaSettings, load
 
 

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-
 import orjson
-from confluent_kafka import Producer
 from quixstreams.sinks import BatchingSink, SinkBatch
 
 from crypto_live.dead_letter import original_bytes
-from crypto_live.kafka import ensure_topics
 from crypto_live.settings import KafkaSettings, load
-from processors.stream import StreamPlan, build_application, check_message
-from tests.helpers import read_topic
+from processors.stream import StreamPlan, build_application, check_message, state_directory
+from tests.factories import publish, run_app_until, ticker
+from tests.helpers import read_topic, wait_for
 
-EVENT = {
-    "e": "24hrMiniTicker",
-    "E": 1700000000000,
-    "s": "BTCUSDT",
-    "c": "1.0",
-    "o": "1.0",
-    "h": "1.0",
-    "l": "1.0",
-    "v": "2",
-    "q": "2",
-}
+EVENT = ticker()
 
 
 def test_check_message_keeps_event_fields_or_names_the_source():
@@ -39,35 +26,29 @@ def test_check_message_keeps_event_fields_or_names_the_source():
 
 
 class CollectingSink(BatchingSink):
-    def __init__(self, done: threading.Event, expected: int):
+    def __init__(self) -> None:
         super().__init__()
         self.rows: list[tuple[int, dict]] = []
-        self._done, self._expected = done, expected
 
     def write(self, batch: SinkBatch):
         self.rows.extend((item.offset, item.value) for item in batch)
-        if len(self.rows) >= self._expected:
-            self._done.set()
 
 
 def test_valid_events_reach_the_sink_and_poison_messages_the_dlq(kafka_env):
     kafka = load(KafkaSettings, kafka_env)
-    ensure_topics(kafka)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
-    poison = [b"}{not json", orjson.dumps({**EVENT, "c": "NaN"}), b"\xff\xfe"]
-    good = [orjson.dumps({**EVENT, "E": EVENT["E"] + i}) for i in range(20)]
-    for value in good[:10] + poison + good[10:]:
-        producer.produce(kafka.topic, key=b"BTCUSDT", value=value, partition=0)
-    assert producer.flush(10) == 0
+    poison = [b"}{not json", orjson.dumps(ticker(c="NaN")), b"\xff\xfe"]
+    good = [ticker(i) for i in range(20)]
+    # Poison goes to partition 0: so does everything, so that the DLQ offsets below are known.
+    publish(kafka, good[:10] + poison + good[10:], partition_of=lambda _: 0)
 
-    done = threading.Event()
-    sink = CollectingSink(done, expected=len(good))
-    app = build_application(kafka, StreamPlan("test", kafka_env["S3_SINK_GROUP"], 5, 0.5), sink)
-    watchdog = threading.Thread(target=lambda: (done.wait(30), app.stop()), daemon=True)
-    watchdog.start()
-    app.run()
+    sink = CollectingSink()
+    with state_directory("test") as state_dir:
+        app = build_application(
+            kafka, StreamPlan("test", kafka_env["S3_SINK_GROUP"], 5, 0.5), sink, state_dir=state_dir
+        )
+        run_app_until(app, lambda: wait_for(lambda: len(sink.rows) >= len(good), 30, what="every valid event"))
 
-    assert [row for _, row in sink.rows] == [orjson.loads(v) for v in good]
+    assert [row for _, row in sink.rows] == good
     dead = [orjson.loads(m.value()) for m in read_topic(kafka.bootstrap_servers, kafka.dlq_topic, expected=3)]
     assert [original_bytes(d) for d in dead] == poison
     assert [d["source"]["offset"] for d in dead] == [10, 11, 12]

@@ -1,4 +1,4 @@
-"""The S3 sink in this process against the test broker and moto: batching, hours, DLQ, gzip, outages.
+"""The S3 sink in this process against the test broker and moto: batching, hours, DLQ, gzip, failures.
 
 Quix installs signal handlers, so ``app.run()`` runs in the main thread and a watchdog
 thread drives each scenario and stops the app when it is done.
@@ -7,66 +7,36 @@ thread drives each scenario and stops the app when it is done.
 from __future__ import annotations
 
 import gzip
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import boto3
+import botocore.config
 import orjson
 import pytest
 from botocore.stub import Stubber
-from confluent_kafka import Producer
-from quixstreams.sinks import SinkBackpressureError, SinkBatch
+from quixstreams.sinks import SinkBackpressureError
 
-from crypto_live.kafka import ensure_topics
-from crypto_live.settings import KafkaSettings, S3SinkSettings, load
+from crypto_live.backoff import Backoff, exponential
+from crypto_live.errors import BucketSetupError, DestinationError
+from crypto_live.settings import S3SinkSettings, load
 from processors.s3_objects import GZIP_CONTENT_TYPE, JSONL_CONTENT_TYPE
-from processors.s3_sink import BucketSetupError, S3JsonlSink, application, backpressure_delay, jsonl_sink
-from tests.helpers import cli_env, read_topic, wait_for
+from processors.s3_sink import STAGE, S3JsonlSink, application, jsonl_sink, run
+from processors.stream import backpressure_backoff, state_directory
+from tests.factories import committed, publish, run_app_until, run_service, sink_batch, ticker
+from tests.helpers import cli_env, read_topic, run_cli, start_cli, wait_for
 from tests.proxy import TcpGate
 
 REGION = "ap-southeast-1"
 HOUR_MS = 3_600_000
 #: 2023-11-14T23:00:00Z
 NEXT_HOUR = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS + HOUR_MS
-# The installed command: `python -m crypto_live.cli` runs cli.py as __main__, whose
-# CommandError is not the class the services raise.
-CRYPTO_LIVE = str(Path(sys.executable).with_name("crypto-live"))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def ticker(n: int, *, symbol: str = "BTCUSDT", event_time: int | None = None) -> dict:
-    """A valid miniTicker event; ``n`` makes (s, E) and the prices unique."""
-    return {
-        "e": "24hrMiniTicker",
-        "E": NEXT_HOUR - 600_000 + n * 100 if event_time is None else event_time,
-        "s": symbol,
-        "c": f"{n}.00250000",
-        "o": "0.00100000",
-        "h": f"{n}.5",
-        "l": "0.001",
-        "v": f"{n}",
-        "q": "18.00000000",
-    }
-
-
-def produce(kafka: KafkaSettings, values: list[dict | bytes], partition_of: Callable[[dict], int] | None = None):
-    """Publish like the producer does: key = symbol, timestamp = E (raw bytes: poison)."""
-    ensure_topics(kafka)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
-    for value in values:
-        if isinstance(value, bytes):
-            producer.produce(kafka.topic, key=b"junk", value=value, partition=0)
-            continue
-        extra = {} if partition_of is None else {"partition": partition_of(value)}
-        producer.produce(kafka.topic, key=value["s"].encode(), value=orjson.dumps(value), timestamp=value["E"], **extra)
-    assert producer.flush(10) == 0
 
 
 def stored(s3, bucket: str) -> dict[str, list[dict]]:
@@ -120,23 +90,8 @@ def sink_settings(kafka_env: dict, bucket: str, **env: str) -> S3SinkSettings:
 def run_sink(settings: S3SinkSettings, scenario: Callable[[], None], sink: S3JsonlSink | None = None) -> S3JsonlSink:
     """Run the sink's app here until ``scenario`` (run in a watchdog thread) returns or fails."""
     sink = sink or jsonl_sink(settings)
-    app = application(settings, sink)
-    failure: list[BaseException] = []
-
-    def drive():
-        try:
-            scenario()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            failure.append(exc)
-        finally:
-            app.stop()
-
-    watchdog = threading.Thread(target=drive, daemon=True)
-    watchdog.start()
-    app.run()
-    watchdog.join()
-    if failure:
-        raise failure[0]
+    with state_directory(STAGE) as state_dir:
+        run_app_until(application(settings, sink, state_dir), scenario)
     return sink
 
 
@@ -159,7 +114,7 @@ def test_full_objects_by_count_then_the_rest_by_time_from_the_earliest_offset(ka
         S3_JSONL_DIR_PATH="raw/jsonl",
     )
     events = [ticker(n) for n in range(230)]
-    produce(settings.kafka, events)  # before the group exists: it has to start at the earliest offset
+    publish(settings.kafka, events)  # before the group exists: it has to start at the earliest offset
 
     run_sink(settings, until_rows(s3, bucket, 230))
 
@@ -179,11 +134,11 @@ def test_a_quiet_stream_is_flushed_by_time_without_a_newer_message(kafka_env, s3
     waited: list[float] = []
 
     def scenario():
-        produce(settings.kafka, [ticker(0)])
+        publish(settings.kafka, [ticker(0)])
         wait_for(lambda: key_count(s3, bucket) == 1, 30, what="the first event's object (the sink is running)")
         # A checkpoint opened as that object was written: these arrive early in the next one.
         started = time.monotonic()
-        produce(settings.kafka, few)
+        publish(settings.kafka, few)
         wait_for(lambda: key_count(s3, bucket) == 2, 10, interval=0.02, what="the quiet stream's object")
         waited.append(time.monotonic() - started)
 
@@ -202,7 +157,7 @@ def test_a_batch_across_an_hour_boundary_becomes_one_object_per_hour(kafka_env, 
     )
     times = [NEXT_HOUR - 7 + n for n in range(7)] + [NEXT_HOUR + n for n in range(4)] + [NEXT_HOUR - 1_000]
     events = [ticker(n, event_time=t) for n, t in enumerate(times)]
-    produce(settings.kafka, events)
+    publish(settings.kafka, events)
 
     run_sink(settings, until_rows(s3, bucket, 12))
 
@@ -221,14 +176,14 @@ def test_poison_goes_to_the_dlq_and_later_events_still_land(kafka_env, s3, bucke
         kafka_env, bucket, MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="0.5", KAFKA_TOPIC_PARTITIONS="1"
     )
     before, after = [ticker(n) for n in range(10)], [ticker(n) for n in range(10, 15)]
-    poison = [b"{not json", orjson.dumps({**ticker(99), "c": 1.5}), orjson.dumps({**ticker(98), "e": "trade"})]
-    produce(settings.kafka, [*before, *poison])
+    poison = [b"{not json", orjson.dumps(ticker(99, c=1.5)), orjson.dumps(ticker(98, e="trade"))]
+    publish(settings.kafka, [*before, *poison])
     dead: list = []
 
     def scenario():
         until_rows(s3, bucket, 10)()
         dead.extend(read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic, expected=3))
-        produce(settings.kafka, after)  # the sink carries on after the poison
+        publish(settings.kafka, after)  # the sink carries on after the poison
         until_rows(s3, bucket, 15)()
 
     run_sink(settings, scenario)
@@ -248,7 +203,7 @@ def test_gzip_on_request_writes_jsonl_gz_that_decompresses_to_the_lines(kafka_en
         kafka_env, bucket, MAX_BATCH_SIZE="25", MAX_BATCH_TIMEOUT="1", KAFKA_TOPIC_PARTITIONS="1", S3_COMPRESSION="gzip"
     )
     events = [ticker(n) for n in range(40)]
-    produce(settings.kafka, events)
+    publish(settings.kafka, events)
 
     run_sink(settings, until_rows(s3, bucket, 40))
 
@@ -265,7 +220,7 @@ def test_gzip_on_request_writes_jsonl_gz_that_decompresses_to_the_lines(kafka_en
 
 def test_plain_objects_are_declared_ndjson(kafka_env, s3, bucket):
     settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="3", MAX_BATCH_TIMEOUT="60", KAFKA_TOPIC_PARTITIONS="1")
-    produce(settings.kafka, [ticker(n) for n in range(3)])
+    publish(settings.kafka, [ticker(n) for n in range(3)])
     run_sink(settings, until_rows(s3, bucket, 3))
     [key] = stored(s3, bucket)
     assert s3.head_object(Bucket=bucket, Key=key)["ContentType"] == JSONL_CONTENT_TYPE
@@ -275,8 +230,7 @@ def test_plain_objects_are_declared_ndjson(kafka_env, s3, bucket):
 
 
 def test_a_missing_bucket_is_refused_in_one_line_naming_it(kafka_env, aws_env, unique):
-    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": f"no-such-bucket-{unique}"})
-    result = subprocess.run([CRYPTO_LIVE, "s3-sink"], capture_output=True, text=True, timeout=60, env=env)
+    result = run_cli(["s3-sink"], cli_env(kafka_env, aws_env, {"S3_BUCKET": f"no-such-bucket-{unique}"}))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -308,18 +262,16 @@ def test_denied_access_is_refused_naming_the_bucket_and_the_permissions():
 # --------------------------------------------------------------------------- S3 failures
 
 
-def one_event_batch(n: int) -> SinkBatch:
-    batch = SinkBatch("ticks", 0)
-    batch.append(value=ticker(n), key=b"BTCUSDT", timestamp=0, headers=[], offset=n)
-    return batch
+def one_event_batch(n: int):
+    return sink_batch([ticker(n)], topic="ticks", first_offset=n)
 
 
-def test_s3_errors_become_backpressure_that_grows_to_its_cap_and_resets():
+def test_transient_s3_errors_become_backpressure_that_grows_to_its_cap_and_resets():
     client = offline_s3()
-    sink = S3JsonlSink(client, "b", "p", backoff_base=1.0, backoff_cap=3.0)
+    sink = S3JsonlSink(client, "b", "p", backpressure=Backoff(lambda: exponential(1.0, 3.0)))
     delays = []
     with Stubber(client) as stub:
-        for code, status in [("SlowDown", 503), ("InternalError", 500), ("NoSuchBucket", 404), ("AccessDenied", 403)]:
+        for code, status in [("SlowDown", 503), ("InternalError", 500), ("ServiceUnavailable", 503), ("Busy", 502)]:
             stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
         stub.add_response("put_object", {})
         stub.add_client_error("put_object", service_error_code="SlowDown", http_status_code=503)
@@ -331,7 +283,41 @@ def test_s3_errors_become_backpressure_that_grows_to_its_cap_and_resets():
     assert delays == [1.0, 2.0, 3.0, 3.0, 1.0]  # a success resets the streak
     assert (sink.objects_written, sink.backpressures) == (1, 5)
     # With the defaults a pause never exceeds 30 s: an outage of any length costs at most 30 s after it.
-    assert [backpressure_delay(n) for n in (0, 1, 4, 5, 50)] == [1.0, 2.0, 16.0, 30.0, 30.0]
+    default = backpressure_backoff()
+    pauses = [default.next_delay() for _ in range(51)]
+    assert [pauses[n] for n in (0, 1, 4, 5, 50)] == [1.0, 2.0, 16.0, 30.0, 30.0]
+
+
+def test_an_unreachable_endpoint_is_backpressure():
+    client = boto3.client(
+        "s3",
+        region_name=REGION,
+        endpoint_url="http://127.0.0.1:9",  # nothing listens: connection refused
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+    sink = S3JsonlSink(client, "b", "p")
+    with pytest.raises(SinkBackpressureError):
+        sink.write(one_event_batch(0))
+    assert sink.backpressures == 1
+
+
+@pytest.mark.parametrize(
+    "code, status",
+    [("NoSuchBucket", 404), ("AccessDenied", 403), ("AllAccessDisabled", 403), ("InvalidRequest", 400)],
+)
+def test_s3_errors_waiting_cannot_fix_stop_the_sink_naming_the_bucket(code, status):
+    client = offline_s3()
+    sink = S3JsonlSink(client, "their-bucket", "raw")
+    with Stubber(client) as stub, pytest.raises(DestinationError) as raised:
+        stub.add_client_error("put_object", service_error_code=code, service_message="no", http_status_code=status)
+        sink.write(one_event_batch(7))
+    assert str(raised.value).startswith("S3 bucket 'their-bucket' (region ap-southeast-1")
+    assert f"refused PutObject of raw/dt=2023-11-14/hour=22/ticks-00000-00000000000000000007.jsonl: {code}: no" in str(
+        raised.value
+    )
+    assert (sink.objects_written, sink.backpressures) == (0, 0)
 
 
 def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(
@@ -348,7 +334,7 @@ def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(
     def scenario():
         feeding = threading.Thread(
             target=lambda: [
-                (produce(settings.kafka, events[i : i + 30]), time.sleep(0.1)) for i in range(0, len(events), 30)
+                (publish(settings.kafka, events[i : i + 30]), time.sleep(0.1)) for i in range(0, len(events), 30)
             ]
         )
         feeding.start()
@@ -369,3 +355,76 @@ def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(
     rows = all_rows(stored(s3, bucket))
     assert identities(rows) == identities(events)
     assert max(len(r) for r in stored(s3, bucket).values()) <= 40
+
+
+# --------------------------------------------------------------------------- a bucket deleted mid-run
+
+
+def empty_and_delete(s3, bucket: str) -> None:
+    """Delete ``bucket`` (S3 deletes only empty buckets)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for entry in page.get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=entry["Key"])
+    s3.delete_bucket(Bucket=bucket)
+
+
+def delete_mid_run_settings(kafka_env: dict, bucket: str) -> S3SinkSettings:
+    return sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="10", MAX_BATCH_TIMEOUT="0.5", KAFKA_TOPIC_PARTITIONS="1")
+
+
+def test_a_bucket_deleted_mid_run_stops_the_sink_naming_it_and_nothing_past_the_stored_objects_is_committed(
+    kafka_env, s3, bucket, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's Quix state directory goes
+    settings = delete_mid_run_settings(kafka_env, bucket)
+    kafka, group = settings.kafka, settings.consumer_group
+    events = [ticker(n) for n in range(30)]
+    publish(kafka, events)
+    seen: dict[str, object] = {}
+
+    def scenario(stopped: threading.Event) -> None:
+        wait_for(lambda: committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [30], 30, what="30 events")
+        seen["rows"] = all_rows(stored(s3, bucket))
+        seen["state"] = list(tmp_path.glob(f"crypto-live-{STAGE}-*"))
+        empty_and_delete(s3, bucket)
+        publish(kafka, [ticker(n) for n in range(30, 35)])
+        assert stopped.wait(60), "the sink kept running without its bucket"
+
+    with pytest.raises(DestinationError) as raised:
+        run_service(lambda: run(settings), scenario)
+
+    assert str(raised.value).startswith(f"S3 bucket {bucket!r} (region {REGION}")
+    assert "refused PutObject" in str(raised.value) and "NoSuchBucket" in str(raised.value)
+    assert seen["rows"] == events  # what was committed had been stored, and nothing else
+    assert committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [30]
+    assert seen["state"], "the run kept its state elsewhere: nothing to check"
+    assert not list(tmp_path.glob("crypto-live-*"))
+
+
+def test_a_bucket_deleted_mid_run_ends_the_command_with_exit_1_and_one_line(kafka_env, aws_env, s3, bucket):
+    settings = delete_mid_run_settings(kafka_env, bucket)
+    kafka, group = settings.kafka, settings.consumer_group
+    publish(kafka, [ticker(n) for n in range(20)])
+    env = cli_env(kafka_env, aws_env, {"S3_BUCKET": bucket, "MAX_BATCH_SIZE": "10", "MAX_BATCH_TIMEOUT": "0.5"})
+    process = start_cli(["s3-sink"], env)
+    try:
+        wait_for(
+            lambda: process.poll() is not None or committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [20],
+            60,
+            interval=0.2,
+            what="20 events stored and committed",
+        )
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        empty_and_delete(s3, bucket)
+        publish(kafka, [ticker(n) for n in range(20, 25)])
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"crypto-live s3-sink: S3 bucket {bucket!r} (region {REGION}"), last
+    assert "NoSuchBucket" in last
+    assert committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [20]

@@ -10,12 +10,13 @@ from collections import Counter
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from crypto_live.settings import KafkaSettings, load
+from processors.s3_sink import STAGE
 from tests import test_s3_sink as in_process
+from tests.factories import committed, publish, ticker
 from tests.helpers import cli_env, read_topic, start_cli, wait_for
-from tests.test_s3_sink import NEXT_HOUR, all_rows, first_offset, identities, key_count, produce, stored, ticker
+from tests.test_s3_sink import NEXT_HOUR, all_rows, first_offset, identities, key_count, stored
 
 s3, bucket = in_process.s3, in_process.bucket  # the same fixtures
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBBTC", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT"]
@@ -75,14 +76,9 @@ def sinks():
             sink.kill()
 
 
-def committed(kafka: KafkaSettings, group: str) -> list[int]:
+def offsets(kafka: KafkaSettings, group: str) -> list[int]:
     """The offsets ``group`` committed on each partition of the event topic (negative: none yet)."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
-    try:
-        partitions = [TopicPartition(kafka.topic, p) for p in range(kafka.partitions)]
-        return [tp.offset for tp in consumer.committed(partitions, timeout=10)]
-    finally:
-        consumer.close()
+    return committed(kafka.bootstrap_servers, group, kafka.topic, kafka.partitions)
 
 
 def ends(events: list[dict], partitions: int) -> list[int]:
@@ -115,7 +111,7 @@ def test_every_event_exactly_once_after_kill_9_at_three_points(kafka_env, aws_en
     )
     kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
     events = stream_across_an_hour(3000)
-    produce(kafka, events, by_symbol(3))
+    publish(kafka, events, partition_of=by_symbol(3))
     end = ends(events, 3)
 
     for objects_before_kill in (30, 70, 110):
@@ -128,10 +124,10 @@ def test_every_event_exactly_once_after_kill_9_at_three_points(kafka_env, aws_en
         )
         assert sink.alive, sink.log()
         sink.kill()
-        assert committed(kafka, group) != end, "the sink was not killed mid-stream"
+        assert offsets(kafka, group) != end, "the sink was not killed mid-stream"
 
     last = sinks(env)
-    wait_for(lambda: not last.alive or committed(kafka, group) == end, 60, interval=0.2, what="every offset committed")
+    wait_for(lambda: not last.alive or offsets(kafka, group) == end, 60, interval=0.2, what="every offset committed")
     assert last.terminate() == 0, last.log()
 
     objects = stored(s3, bucket)
@@ -140,16 +136,19 @@ def test_every_event_exactly_once_after_kill_9_at_three_points(kafka_env, aws_en
     assert {key.split("/")[2] for key in objects} == {"hour=22", "hour=23"}
 
 
-def test_sigterm_writes_and_commits_the_open_batch_and_exits_0(kafka_env, aws_env, s3, bucket, sinks):
+def test_sigterm_writes_and_commits_the_open_batch_exits_0_and_leaves_no_state_directory(
+    kafka_env, aws_env, s3, bucket, sinks, tmp_path
+):
     env = cli_env(
         kafka_env,
         aws_env,
         {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "1", "MAX_BATCH_SIZE": "25", "MAX_BATCH_TIMEOUT": "300"},
+        {"TMPDIR": str(tmp_path)},  # where each run's Quix state directory goes
     )
     kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
     events = [ticker(n) for n in range(30)]
     # A poison message last: its dead letter shows the sink has read everything before it.
-    produce(kafka, [*events, b"probe 1"])
+    publish(kafka, [*events, b"probe 1"])
 
     sink = sinks(env)
     wait_for(
@@ -158,13 +157,15 @@ def test_sigterm_writes_and_commits_the_open_batch_and_exits_0(kafka_env, aws_en
         what="the probe's dead letter",
     )
     assert sink.alive, sink.log()
+    assert list(tmp_path.glob(f"crypto-live-{STAGE}-*")), "the run keeps its state elsewhere: nothing to check"
     assert sink.terminate() == 0, sink.log()
+    assert not list(tmp_path.glob("crypto-live-*"))
 
     objects = stored(s3, bucket)
     assert [(first_offset(k), len(rows)) for k, rows in sorted(objects.items())] == [(0, 25), (25, 5)]
-    assert committed(kafka, group) == [31]  # a restart starts after what was written
+    assert offsets(kafka, group) == [31]  # a restart starts after what was written
 
-    produce(kafka, [ticker(30), b"probe 2"])
+    publish(kafka, [ticker(30), b"probe 2"])
     again = sinks(env)
     wait_for(
         lambda: not again.alive or len(read_topic(kafka.bootstrap_servers, kafka.dlq_topic, timeout=1, idle=0.2)) == 2,
@@ -189,19 +190,26 @@ def test_two_instances_in_one_group_share_the_partitions_and_store_every_event_o
         {"S3_BUCKET": bucket, "KAFKA_TOPIC_PARTITIONS": "4", "MAX_BATCH_SIZE": "30", "MAX_BATCH_TIMEOUT": "0.5"},
     )
     kafka, group = load(KafkaSettings, env), env["S3_SINK_GROUP"]
-    events = stream_across_an_hour(2400)
-    produce(kafka, events[:400], by_symbol(4))
+    stream = stream_across_an_hour(6000)
+    events = stream[:400]
+    publish(kafka, events, partition_of=by_symbol(4))
     first = sinks(env)
     wait_for(lambda: not first.alive or first.written_keys(), 60, what="the first instance writing")
 
     second = sinks(env)
-    for start in range(400, len(events), 100):  # events keep flowing while the group rebalances
-        produce(kafka, events[start : start + 100], by_symbol(4))
-        time.sleep(0.05)
+    # Events keep flowing while the group rebalances, until the second instance has taken
+    # partitions over: a stream that ended first would leave it nothing to write.
+    for start in range(400, len(stream), 100):
+        chunk = stream[start : start + 100]
+        publish(kafka, chunk, partition_of=by_symbol(4))
+        events += chunk
+        if second.written_keys() or not (first.alive and second.alive):
+            break
+        time.sleep(0.1)  # the stream's pace, not a wait for a condition
     wait_for(
         lambda: not (first.alive and second.alive) or second.written_keys(), 60, what="the second instance writing"
     )
-    wait_for(lambda: committed(kafka, group) == ends(events, 4), 60, interval=0.2, what="every offset committed")
+    wait_for(lambda: offsets(kafka, group) == ends(events, 4), 60, interval=0.2, what="every offset committed")
     assert first.alive and second.alive, first.log() + second.log()
     assert first.terminate() == 0 and second.terminate() == 0
 
