@@ -1,21 +1,34 @@
-# crypto-live services: one image, the subcommand chooses the service.
-FROM python:3.11-slim-bookworm
+# crypto-live services: one image, the subcommand chooses the service
+# (docker run IMAGE producer | s3-sink | dynamo-sink | healthcheck SERVICE | --help).
+#
+# Stage 1 builds a virtual environment from the versions CI tested (constraints.txt);
+# stage 2 copies only that environment onto a clean slim (glibc: librdkafka's wheels need it)
+# base and runs it as an unprivileged user. No credentials are baked in: on ECS they come
+# from the task role, locally from the environment.
+FROM python:3.11.10-slim-bookworm AS build
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-
-WORKDIR /app
+WORKDIR /src
+RUN python -m venv /opt/crypto-live
 COPY pyproject.toml README.md constraints.txt ./
 COPY crypto_live ./crypto_live
 COPY producer ./producer
 COPY processors ./processors
-RUN pip install --no-cache-dir --constraint constraints.txt . \
-    && useradd --create-home --uid 10001 crypto
+RUN /opt/crypto-live/bin/pip install --constraint constraints.txt .
+
+FROM python:3.11.10-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/crypto-live/bin:$PATH \
+    LOG_FORMAT=json
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin crypto
+COPY --from=build /opt/crypto-live /opt/crypto-live
 
 USER 10001
-# ECS and compose stop with SIGTERM; every service commits or flushes and exits 0 within 30 s.
+# ECS and compose stop with SIGTERM, which reaches Python directly (exec-form ENTRYPOINT, no
+# shell in between): every service flushes or commits and exits 0 within its stop timeout.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["crypto-live"]
 CMD ["--help"]
