@@ -10,12 +10,24 @@ LOCK   := constraints.txt
 # an import hook and warns about folders named like packages, as this flat layout has.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run simulate test lint bench lock clean
+# checkov pins boto3 and packaging exactly, against ours: it gets an environment of its own.
+CHECKOV_VENV  ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV_LOCK  := constraints-checkov.txt
+
+.PHONY: run simulate test lint bench lock clean checkov
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --constraint $(LOCK) --config-settings editable_mode=compat --editable '.[dev]'
 	touch $@
+
+$(CHECKOV_STAMP): $(CHECKOV_LOCK)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --constraint $(CHECKOV_LOCK) checkov
+	touch $@
+
+checkov: $(CHECKOV_STAMP)  ## checkov in its own environment (tests/test_deploy_template.py runs it)
 
 run: $(STAMP)  ## the whole pipeline on embedded defaults (Ctrl-C stops it)
 	$(BIN)/crypto-live run $(ARGS)
@@ -23,7 +35,7 @@ run: $(STAMP)  ## the whole pipeline on embedded defaults (Ctrl-C stops it)
 simulate: $(STAMP)  ## the market simulator alone, on ws://127.0.0.1:8765
 	$(BIN)/crypto-live simulate $(ARGS)
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP) $(CHECKOV_STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)  ## ruff's lint and format checks, then mypy (strict) on the three packages
@@ -41,6 +53,11 @@ lock:  ## resolve the newest versions pyproject.toml allows into constraints.txt
 	{ echo '# The versions CI last tested (make lock regenerates this file); used by make and the Dockerfile.'; \
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^crypto-live'; } > $(LOCK)
 	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check checkov
+	{ sed -n '1,2p' $(CHECKOV_LOCK); .venv-lock/bin/python -m pip freeze; } > $(CHECKOV_LOCK).new
+	mv $(CHECKOV_LOCK).new $(CHECKOV_LOCK)
+	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache

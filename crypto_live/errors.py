@@ -13,6 +13,7 @@
     ├── DestinationError             a bucket or table refuses writes for good: gone, access revoked, request refused
     ├── DeliveryError                the producer stopped with messages Kafka never acknowledged
     ├── ServiceError                 a service stopped by itself (an internal error, a child process died)
+    ├── UnhealthyError               `crypto-live healthcheck`: a service's heartbeat is missing or too old
     └── HandshakeError               the simulator refuses a websocket upgrade with an HTTP status
 
 Contract: ``str(error)`` is one line a user can act on, naming the variable, resource or
@@ -92,6 +93,11 @@ class DeliveryError(CryptoLiveError):
 
 class ServiceError(CryptoLiveError):
     """A service stopped by itself: an internal error, or a child process that died."""
+
+
+class UnhealthyError(CryptoLiveError):
+    """A service's heartbeat file is missing or older than HEALTHCHECK_MAX_AGE: its processing
+    loop is stuck, or it is not running. Names the file and its age."""
 
 
 class HandshakeError(CryptoLiveError):

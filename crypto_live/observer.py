@@ -8,6 +8,7 @@ watermark that trails the last record batch.
 from __future__ import annotations
 
 import gzip
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from confluent_kafka import Consumer, TopicPartition
 from crypto_live import aws
 from crypto_live.kafka import client_config
 from crypto_live.settings import DynamoSinkSettings, S3SinkSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,20 +51,29 @@ class Observer:
         self._s3_settings, self._dynamo_settings = s3, dynamo
         self._kafka = s3.kafka
         self._consumers = {
-            name: Consumer({**client_config(self._kafka), "group.id": group, "enable.auto.commit": False})
+            name: Consumer(
+                {**client_config(self._kafka), "group.id": group, "enable.auto.commit": False, "logger": log}
+            )
             for name, group in (("s3", s3.consumer_group), ("dynamo", dynamo.consumer_group))
         }
         self._s3 = aws.client(s3.aws, "s3")
         self._dynamo = aws.client(dynamo.aws, "dynamodb")
 
+    def _serve_callbacks(self) -> None:
+        # These consumers never consume, so nothing else polls them: serve oauth_cb (MSK
+        # IAM tokens, at start and before they expire) before each use.
+        for consumer in self._consumers.values():
+            consumer.poll(0)
+
     def _end_offsets(self, topic: str) -> dict[int, int]:
+        self._serve_callbacks()
         consumer = self._consumers["s3"]
         partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in partitions}
 
     def committed(self) -> dict[str, dict[int, int]]:
         """Each sink group's committed offset per partition of the event topic."""
-        partitions = list(self._end_offsets(self._kafka.topic))
+        partitions = list(self._end_offsets(self._kafka.topic))  # serves callbacks too
         return {
             name: {
                 tp.partition: max(tp.offset, 0)

@@ -3,12 +3,16 @@
 Each parser takes the stripped raw string and returns the typed value, or raises
 ``ValueError`` whose message completes the sentence "expected …" — the caller adds the
 variable name and the offending value.
+
+All are pure except :func:`ca_bundle`, which reads the file it names: a wrong path is
+reported at start-up, naming the variable, not by librdkafka at the first connection.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +23,13 @@ from crypto_live.binance import SYMBOL
 
 def text(raw: str) -> str:
     return raw
+
+
+def absolute_path(raw: str) -> str:
+    """An absolute path: a relative one would depend on the working directory of whoever reads it."""
+    if not os.path.isabs(raw) or "\0" in raw:
+        raise ValueError("an absolute path")
+    return os.path.normpath(raw)
 
 
 def whole(minimum: int, maximum: int) -> Callable[[str], int]:
@@ -80,6 +91,32 @@ def choice(*options: str) -> Callable[[str], str]:
         return lowered
 
     return parse
+
+
+def keyword(*options: str) -> Callable[[str], str]:
+    """One of ``options`` in any letter case, returned as ``options`` spells it."""
+    by_upper = {option.upper(): option for option in options}
+
+    def parse(raw: str) -> str:
+        try:
+            return by_upper[raw.upper()]
+        except KeyError:
+            raise ValueError("one of " + ", ".join(options)) from None
+
+    return parse
+
+
+def ca_bundle(raw: str) -> str:
+    """The path of a readable PEM file holding at least one certificate."""
+    expected = "the path of a readable PEM file of CA certificates"
+    try:
+        with open(raw, "rb") as bundle:
+            head = bundle.read(1 << 20)
+    except OSError:
+        raise ValueError(expected) from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ValueError(expected + " (this file holds no BEGIN CERTIFICATE block)")
+    return raw
 
 
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
@@ -197,6 +234,11 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     return f"{parts.scheme}://{host}{port}/…" if parts.path or parts.query else f"{parts.scheme}://{host}{port}"
+
+
+def mask(secret: str) -> str:
+    """How a secret value is shown: a URL as :func:`redact_url` shows it, anything else as ``***``."""
+    return redact_url(secret) if "://" in secret else "***"
 
 
 def show(value: Any) -> str:

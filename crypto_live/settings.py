@@ -14,6 +14,7 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -43,8 +44,8 @@ class Var:
 
 
 def var(env: str, default: str | None, parse: Callable[[str], Any], help: str, **kw: Any) -> Any:
-    """Declare a dataclass field read from environment variable ``env``."""
-    return dataclasses.field(metadata={"var": Var(env, default, parse, help, **kw)})
+    """Declare a dataclass field read from environment variable ``env``; a secret stays out of repr()."""
+    return dataclasses.field(metadata={"var": Var(env, default, parse, help, **kw)}, repr=not kw.get("secret", False))
 
 
 def group(cls: type) -> Any:
@@ -70,7 +71,7 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
         try:
             values[f.name] = spec.parse(raw)
         except ValueError as exc:
-            shown = raw if not spec.secret else p.redact_url(raw)
+            shown = raw if not spec.secret else p.mask(raw)
             raise SettingsError(source, shown, str(exc)) from None
     return cls(**values)
 
@@ -96,10 +97,18 @@ def _source(spec: Var, environ: Mapping[str, str]) -> str | None:
 
 
 def variables(cls: type) -> Iterator[Var]:
-    """Every variable ``cls`` reads, nested groups included, in declaration order."""
+    """Every variable ``cls`` reads, nested groups included, once each, in declaration order."""
+    seen: set[str] = set()
+    for spec in _variables(cls):
+        if spec.env not in seen:
+            seen.add(spec.env)
+            yield spec
+
+
+def _variables(cls: type) -> Iterator[Var]:
     for f in dataclasses.fields(cls):
         if "group" in f.metadata:
-            yield from variables(f.metadata["group"])
+            yield from _variables(f.metadata["group"])
         else:
             yield f.metadata["var"]
 
@@ -109,17 +118,26 @@ def describe(obj: Any, environ: Mapping[str, str]) -> Iterator[tuple[str, str, s
 
     Secret values are masked; source is ``env`` when the variable was set, ``from NAME``
     when the value came from the fallback variable NAME, ``derived`` when it was computed
-    from other fields, else ``default``.
+    from other fields, else ``default``. A variable read by two groups (REGION by a
+    service's and by its Kafka settings) is listed once.
     """
+    seen: set[str] = set()
+    for row in _describe(obj, environ):
+        if row[0] not in seen:
+            seen.add(row[0])
+            yield row
+
+
+def _describe(obj: Any, environ: Mapping[str, str]) -> Iterator[tuple[str, str, str]]:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if "group" in f.metadata:
-            yield from describe(value, environ)
+            yield from _describe(value, environ)
             continue
         spec: Var = f.metadata["var"]
         shown = "" if value is None else p.show(value)
         if spec.secret and value is not None:
-            shown = p.redact_url(str(value))
+            shown = p.mask(str(value))
         origin = _source(spec, environ)
         if origin == spec.env:
             source = "env"
@@ -128,6 +146,22 @@ def describe(obj: Any, environ: Mapping[str, str]) -> Iterator[tuple[str, str, s
         else:
             source = "derived" if spec.derive is not None else "default"
         yield spec.env, shown, source
+
+
+def secret_values(obj: Any) -> Iterator[str]:
+    """The values of a loaded settings object's secret fields (set ones only), nested groups included."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if "group" in f.metadata:
+            yield from secret_values(value)
+        elif f.metadata["var"].secret and value is not None:
+            yield str(value)
+
+
+def _env(obj: Any, field: str) -> str:
+    """The variable that sets ``field`` of settings object ``obj``."""
+    spec: Var = next(f.metadata["var"] for f in dataclasses.fields(obj) if f.name == field)
+    return spec.env
 
 
 # --------------------------------------------------------------------------- groups
@@ -141,15 +175,32 @@ class AwsSettings:
         "PIPELINE_IAM_USER",
         "",
         p.text,
-        "boto3 profile to use; empty uses the default credential chain (ECS task role).",
+        "boto3 profile to use (also for MSK IAM); empty uses the default credential chain (ECS task role).",
         empty_is_unset=False,
     )
-    region: str = var("REGION", "ap-southeast-1", p.aws_region, "AWS region of S3, DynamoDB and Secrets Manager.")
+    region: str = var(
+        "REGION", "ap-southeast-1", p.aws_region, "AWS region of S3, DynamoDB, Secrets Manager and an MSK IAM cluster."
+    )
+
+
+#: KAFKA_SECURITY_PROTOCOL values: librdkafka's security.protocol names.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
+#: KAFKA_SASL_MECHANISM values: a user name and password, or MSK IAM (OAUTHBEARER signed with AWS credentials).
+SCRAM = "SCRAM-SHA-512"
+MSK_IAM = "AWS_MSK_IAM"
 
 
 @dataclasses.dataclass(frozen=True)
 class KafkaSettings:
-    """Where the bus is and how its topics look when this service has to create them."""
+    """Where the bus is, how clients authenticate to it, and how its topics look when this
+    service has to create them.
+
+    Security rules across fields are checked when the object is built (``load`` reports
+    them like any bad value, naming the variable at fault): SASL_SSL needs a mechanism and
+    nothing else takes one; SCRAM-SHA-512 needs a user name and password and nothing else
+    takes them; a CA bundle is for SSL or SASL_SSL only. MSK IAM signs with ``aws``: the
+    same PIPELINE_IAM_USER and REGION every AWS client reads.
+    """
 
     bootstrap_servers: str = var(
         "KAFKA_BOOTSTRAP_SERVERS",
@@ -188,6 +239,99 @@ class KafkaSettings:
         "45000",
         p.whole(1000, 3_600_000),
         "Consumer group session timeout in ms (sinks only).",
+    )
+    security_protocol: str = var(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        p.keyword(*SECURITY_PROTOCOLS),
+        "PLAINTEXT (local brokers), SSL, or SASL_SSL (with KAFKA_SASL_MECHANISM).",
+    )
+    sasl_mechanism: str | None = var(
+        "KAFKA_SASL_MECHANISM",
+        None,
+        p.keyword(SCRAM, MSK_IAM),
+        f"{SCRAM} (with KAFKA_SASL_USERNAME/PASSWORD) or {MSK_IAM} (PIPELINE_IAM_USER or task role, REGION); "
+        "SASL_SSL only.",
+    )
+    sasl_username: str | None = var("KAFKA_SASL_USERNAME", None, p.text, f"SASL user name ({SCRAM} only).")
+    sasl_password: str | None = var(
+        "KAFKA_SASL_PASSWORD", None, p.text, f"SASL password ({SCRAM} only; never printed).", secret=True
+    )
+    ssl_ca_location: str | None = var(
+        "KAFKA_SSL_CA_LOCATION",
+        None,
+        p.ca_bundle,
+        "PEM file of CA certificates the brokers' certificates must chain to (SSL/SASL_SSL; default: system CAs).",
+    )
+    aws: AwsSettings = group(AwsSettings)
+
+    def __post_init__(self) -> None:
+        protocol, mechanism = self.security_protocol, self.sasl_mechanism
+        if protocol == "SASL_SSL" and mechanism is None:
+            raise SettingsError(
+                _env(self, "sasl_mechanism"), "", f"{SCRAM} or {MSK_IAM} when KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+            )
+        if protocol != "SASL_SSL" and mechanism is not None:
+            raise SettingsError(
+                _env(self, "sasl_mechanism"),
+                mechanism,
+                f"no value when KAFKA_SECURITY_PROTOCOL={protocol} (SASL needs SASL_SSL)",
+            )
+        for name in ("sasl_username", "sasl_password"):
+            value = getattr(self, name)
+            if mechanism == SCRAM and value is None:
+                raise SettingsError(_env(self, name), "", f"a value when KAFKA_SASL_MECHANISM={SCRAM}")
+            if mechanism != SCRAM and value is not None:
+                why = " (MSK IAM signs with AWS credentials)" if mechanism == MSK_IAM else ""
+                shown = p.mask(value) if name == "sasl_password" else value
+                raise SettingsError(_env(self, name), shown, f"no value unless KAFKA_SASL_MECHANISM={SCRAM}{why}")
+        if protocol == "PLAINTEXT" and self.ssl_ca_location is not None:
+            raise SettingsError(
+                _env(self, "ssl_ca_location"),
+                self.ssl_ca_location,
+                "no value when KAFKA_SECURITY_PROTOCOL=PLAINTEXT (a CA bundle is for SSL or SASL_SSL)",
+            )
+
+
+#: LOG_FORMAT values: lines for people, or one JSON object per line for CloudWatch Logs.
+LOG_FORMATS = ("text", "json")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    """How a process writes its log; read by the CLI before anything logs."""
+
+    format: str = var(
+        "LOG_FORMAT",
+        "text",
+        p.choice(*LOG_FORMATS),
+        "text (lines for people) or json (one JSON object per line, with CloudWatch metrics; the image's default).",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringSettings:
+    """The heartbeat `crypto-live healthcheck` judges and the metrics each service emits."""
+
+    heartbeat_dir: str = var(
+        "CRYPTO_LIVE_HEARTBEAT_DIR",
+        None,
+        p.absolute_path,
+        "Directory of the heartbeat files crypto-live-<service>.heartbeat (default: the system's temp directory).",
+        derive=lambda _: tempfile.gettempdir(),
+    )
+    max_age: float = var(
+        "HEALTHCHECK_MAX_AGE",
+        "60",
+        p.seconds,
+        "Seconds without a heartbeat after which `crypto-live healthcheck SERVICE` fails "
+        "(a working loop beats about every second).",
+    )
+    metrics_interval: float = var(
+        "METRICS_INTERVAL",
+        "60",
+        p.seconds,
+        "Seconds between metrics records (CloudWatch embedded metric format with LOG_FORMAT=json).",
     )
 
 
@@ -242,6 +386,8 @@ class ProducerSettings:
         "Seconds to flush in-flight messages on SIGTERM (fits ECS's 30 s stop window).",
     )
     stats_interval: float = var("PRODUCER_STATS_INTERVAL", "60", p.seconds, "Seconds between the counters log line.")
+    logs: LogSettings = group(LogSettings)
+    monitoring: MonitoringSettings = group(MonitoringSettings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +415,8 @@ class S3SinkSettings:
     )
     compression: str = var("S3_COMPRESSION", "none", p.choice("none", "gzip"), "none (.jsonl) or gzip (.jsonl.gz).")
     consumer_group: str = var("S3_SINK_GROUP", "crypto-live-s3-sink", p.group_id, "Consumer group of the S3 sink.")
+    logs: LogSettings = group(LogSettings)
+    monitoring: MonitoringSettings = group(MonitoringSettings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +452,8 @@ class DynamoSinkSettings:
     consumer_group: str = var(
         "DYNAMO_SINK_GROUP", "crypto-live-dynamo-sink", p.group_id, "Consumer group of the DynamoDB sink."
     )
+    logs: LogSettings = group(LogSettings)
+    monitoring: MonitoringSettings = group(MonitoringSettings)
 
 
 SERVICES: dict[str, type[Any]] = {

@@ -44,6 +44,7 @@ from crypto_live.errors import DestinationError
 from crypto_live.settings import DynamoSinkSettings
 from processors import dynamo_items as items
 from processors.stream import StreamPlan, backpressure_backoff, build_application, state_directory
+from processors.telemetry import SinkTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ STAGE = "dynamo-sink"
 
 #: Concurrent BatchWriteItem requests per batch; under botocore's 10 pooled connections.
 WRITERS = 8
+# Requests are bounded by aws.SINK_REQUEST_LIMITS (under 40 s each, though a BatchWriteItem
+# takes milliseconds). The sink beats its heartbeat after each request, so even a hanging
+# endpoint leaves it well inside HEALTHCHECK_MAX_AGE.
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class DynamoTableSink(BatchingSink):
         writers: int = WRITERS,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        on_progress: Callable[[], None] = lambda: None,
     ):
         super().__init__(on_client_connect_success=lambda: None)
         self.client = client
@@ -96,6 +101,7 @@ class DynamoTableSink(BatchingSink):
         self._backpressure = backpressure or backpressure_backoff()
         self._sleep = sleep
         self._jitter = jitter
+        self._on_progress = on_progress  # after each request: a long flush keeps the heartbeat fresh
         self._ready = False
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dynamo-writer")
 
@@ -143,7 +149,10 @@ class DynamoTableSink(BatchingSink):
         rows = [items.to_item(sink_item.value, self.ttl_days) for sink_item in batch]
         requests = list(items.put_batches(rows))
         # One request (the common small batch) needs no thread hop.
-        outcomes = list((self._pool.map if len(requests) > 1 else map)(self._put, requests))
+        outcomes: list[_NotNow | DestinationError | None] = []
+        for outcome in (self._pool.map if len(requests) > 1 else map)(self._put, requests):
+            outcomes.append(outcome)
+            self._on_progress()
         self.rows_written += sum(len(chunk) for chunk, o in zip(requests, outcomes, strict=True) if o is None)
         refused = next((o for o in outcomes if isinstance(o, DestinationError)), None)
         if refused is not None:
@@ -191,7 +200,7 @@ class DynamoTableSink(BatchingSink):
 
 def table_sink(settings: DynamoSinkSettings, **options: Any) -> DynamoTableSink:
     return DynamoTableSink(
-        aws.client(settings.aws, "dynamodb"),
+        aws.client(settings.aws, "dynamodb", **aws.SINK_REQUEST_LIMITS),
         settings.table,
         ttl_days=settings.retention_ttl_days,
         create_table=settings.create_table,
@@ -199,10 +208,14 @@ def table_sink(settings: DynamoSinkSettings, **options: Any) -> DynamoTableSink:
     )
 
 
-def application(settings: DynamoSinkSettings, sink: DynamoTableSink, state_dir: Path) -> Application:
+def application(
+    settings: DynamoSinkSettings, sink: DynamoTableSink, state_dir: Path, telemetry: SinkTelemetry | None = None
+) -> Application:
     """The sink's Quix application: events DynamoDB cannot hold go to the DLQ too."""
     plan = StreamPlan(STAGE, settings.consumer_group, settings.max_batch_size, settings.max_batch_timeout)
-    return build_application(settings.kafka, plan, sink, state_dir=state_dir, reject=items.item_problem)
+    return build_application(
+        settings.kafka, plan, sink, state_dir=state_dir, reject=items.item_problem, telemetry=telemetry
+    )
 
 
 def run(settings: DynamoSinkSettings) -> int:
@@ -212,10 +225,13 @@ def run(settings: DynamoSinkSettings) -> int:
     :class:`~crypto_live.errors.CryptoLiveError`; the writer threads and the state
     directory are cleaned up either way.
     """
-    with table_sink(settings) as sink:
+    telemetry = SinkTelemetry(
+        STAGE, settings.kafka.topic, settings.monitoring, written=lambda: {"RowsWritten": sink.rows_written}
+    )
+    with table_sink(settings, on_progress=telemetry.progress) as sink:
         sink.setup()  # before Kafka: a wrong table is reported at once, alone
         with state_directory(STAGE) as state_dir:
-            app = application(settings, sink, state_dir)
+            app = application(settings, sink, state_dir, telemetry)
             log.info(
                 "consuming %s as group %s into %s (batches of up to %d events or %.1f s)",
                 settings.kafka.topic,
@@ -224,5 +240,6 @@ def run(settings: DynamoSinkSettings) -> int:
                 settings.max_batch_size,
                 settings.max_batch_timeout,
             )
-            app.run()
+            with telemetry:  # the heartbeat file exists while the loop runs
+                app.run()
     return 0

@@ -52,20 +52,16 @@ from crypto_live.errors import BucketSetupError, DestinationError
 from crypto_live.settings import S3SinkSettings
 from processors.s3_objects import batch_objects
 from processors.stream import StreamPlan, backpressure_backoff, build_application, state_directory
+from processors.telemetry import SinkTelemetry
 
 log = logging.getLogger(__name__)
 
 STAGE = "s3-sink"
 
-# Bounded time per put: 3 attempts x (2 s connect + 10 s read) + boto3's backoff (< 3 s)
-# is under 40 s. With WRITE_BUDGET, one write() ends within ~55 s — inside the 60 s
+# Each put is bounded by aws.SINK_REQUEST_LIMITS (under 40 s). With WRITE_BUDGET, one
+# write() ends within WRITE_BUDGET + aws.SINK_REQUEST_MAX_SECONDS = 54 s: inside the 60 s
 # Quix gives a sink flush when a rebalance revokes partitions (0.2 x max.poll.interval.ms),
 # so a revoked owner never writes after the new owner has started replaying.
-CLIENT_OPTIONS: dict[str, Any] = {
-    "connect_timeout": 2,
-    "read_timeout": 10,
-    "retries": {"mode": "standard", "max_attempts": 3},
-}
 #: Seconds after which write() stops starting new puts and asks for a replay instead.
 WRITE_BUDGET = 15.0
 
@@ -87,6 +83,7 @@ class S3JsonlSink(BatchingSink):
         backpressure: Backoff | None = None,
         write_budget: float = WRITE_BUDGET,
         clock: Callable[[], float] = time.monotonic,
+        on_progress: Callable[[], None] = lambda: None,
     ):
         super().__init__(on_client_connect_success=lambda: None)
         self.client = client
@@ -99,6 +96,7 @@ class S3JsonlSink(BatchingSink):
         self._backpressure = backpressure or backpressure_backoff()
         self._write_budget = write_budget
         self._clock = clock
+        self._on_progress = on_progress  # after each put: a long flush keeps the heartbeat fresh
         self._checked = False
 
     def __repr__(self) -> str:
@@ -168,6 +166,7 @@ class S3JsonlSink(BatchingSink):
                 ) from None
             self.objects_written += 1
             self.rows_written += obj.rows
+            self._on_progress()
             log.info("wrote s3://%s/%s (%d rows)", self.bucket, obj.key, obj.rows)
         self._backpressure.reset()
 
@@ -189,7 +188,7 @@ class S3JsonlSink(BatchingSink):
 
 def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
     return S3JsonlSink(
-        aws.client(settings.aws, "s3", **CLIENT_OPTIONS),
+        aws.client(settings.aws, "s3", **aws.SINK_REQUEST_LIMITS),
         settings.bucket,
         settings.prefix,
         compression=settings.compression,
@@ -197,10 +196,12 @@ def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
     )
 
 
-def application(settings: S3SinkSettings, sink: S3JsonlSink, state_dir: Path) -> Application:
+def application(
+    settings: S3SinkSettings, sink: S3JsonlSink, state_dir: Path, telemetry: SinkTelemetry | None = None
+) -> Application:
     """The sink's Quix application: checkpoints of MAX_BATCH_SIZE messages or MAX_BATCH_TIMEOUT seconds."""
     plan = StreamPlan(STAGE, settings.consumer_group, settings.max_batch_size, settings.max_batch_timeout)
-    return build_application(settings.kafka, plan, sink, state_dir=state_dir)
+    return build_application(settings.kafka, plan, sink, state_dir=state_dir, telemetry=telemetry)
 
 
 def run(settings: S3SinkSettings) -> int:
@@ -209,10 +210,16 @@ def run(settings: S3SinkSettings) -> int:
     Errors (a bucket that is unusable at start or refuses writes later) propagate as
     :class:`~crypto_live.errors.CryptoLiveError`; the state directory is removed either way.
     """
-    sink = jsonl_sink(settings)
+    telemetry = SinkTelemetry(
+        STAGE,
+        settings.kafka.topic,
+        settings.monitoring,
+        written=lambda: {"ObjectsWritten": sink.objects_written, "RowsWritten": sink.rows_written},
+    )
+    sink = jsonl_sink(settings, on_progress=telemetry.progress)
     sink.setup()  # before Kafka: a wrong bucket is reported at once, alone
     with state_directory(STAGE) as state_dir:
-        app = application(settings, sink, state_dir)
+        app = application(settings, sink, state_dir, telemetry)
         log.info(
             "consuming %s as group %s into s3://%s/%s (objects of up to %d events or %.1f s, compression %s)",
             settings.kafka.topic,
@@ -223,6 +230,7 @@ def run(settings: S3SinkSettings) -> int:
             settings.max_batch_timeout,
             settings.compression,
         )
-        app.run()
+        with telemetry:  # the heartbeat file exists while the loop runs
+            app.run()
     log.info("stopped: %d objects, %d rows written", sink.objects_written, sink.rows_written)
     return 0

@@ -31,6 +31,7 @@ from typing import Any
 
 from quixstreams import Application
 from quixstreams.context import message_context
+from quixstreams.kafka import ConnectionConfig
 from quixstreams.models import Topic, TopicConfig
 from quixstreams.sinks import BatchingSink
 
@@ -39,6 +40,7 @@ from crypto_live.backoff import Backoff, exponential
 from crypto_live.event import Invalid, decode
 from crypto_live.kafka import client_config, ensure_topics, topic_specs
 from crypto_live.settings import KafkaSettings
+from processors.telemetry import SinkTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +115,19 @@ def build_application(
     state_dir: Path,
     on_dead_letter: Callable[[dict[str, Any]], None] | None = None,
     reject: Reject | None = None,
+    telemetry: SinkTelemetry | None = None,
 ) -> Application:
     """An Application wired for ``plan``; topics are created first if missing.
 
     ``state_dir`` is Quix's state directory (see :func:`state_directory`); ``reject`` (see
-    :func:`check_message`) sends valid events the sink cannot store to the DLQ.
+    :func:`check_message`) sends valid events the sink cannot store to the DLQ;
+    ``telemetry`` gets librdkafka's statistics on the poll loop and counts the messages.
     """
     ensure_topics(kafka)
     heartbeat_ms = max(100, min(3000, kafka.session_timeout_ms // 3))
     app = Application(
-        broker_address=client_config(kafka)["bootstrap.servers"],
+        # The same connection settings as every other client (security, SASL, oauth_cb).
+        broker_address=ConnectionConfig.from_librdkafka_dict(client_config(kafka)),
         consumer_group=plan.consumer_group,
         # A group deployed after the producer must not miss what is already in the topic.
         auto_offset_reset="earliest",
@@ -137,9 +142,12 @@ def build_application(
         use_changelog_topics=False,
         # Stateless app: keep Quix's state directory out of the working directory.
         state_dir=state_dir,
+        # Quix's own handler would bypass crypto_live.logs (LOG_FORMAT, redaction): log through ours.
+        loglevel=None,
         consumer_extra_config={
             "session.timeout.ms": kafka.session_timeout_ms,
             "heartbeat.interval.ms": heartbeat_ms,
+            **(telemetry.consumer_config() if telemetry is not None else {}),
         },
     )
     spec_by_name = {spec.name: spec for spec in topic_specs(kafka)}
@@ -158,6 +166,8 @@ def build_application(
 
     def check(raw: bytes | None) -> Checked:
         ctx = message_context()
+        if telemetry is not None:
+            telemetry.counters.consumed += 1
         return check_message(
             raw, stage=plan.stage, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset, reject=reject
         )
@@ -173,6 +183,8 @@ def build_application(
         )
         if on_dead_letter is not None:
             on_dead_letter(checked.dead_letter)
+        if telemetry is not None:
+            telemetry.counters.dead_letters += 1
         return dead_letter.encode(checked.dead_letter)
 
     checked = app.dataframe(source).apply(check)

@@ -94,11 +94,13 @@ class Publisher:
         stats: Stats,
         *,
         on_brokers_down: Callable[[], None] = lambda: None,
+        on_poll: Callable[[], None] = lambda: None,
         config: dict[str, Any] | None = None,
     ):
         self.kafka = kafka
         self.stats = stats
         self._on_brokers_down = on_brokers_down
+        self._on_poll = on_poll  # every turn of serve(): the service's heartbeat and metrics
         self._config = {**client_config(kafka), **PRODUCER_CONFIG, **(config or {})}
         self._loop = asyncio.get_running_loop()
         self._open = asyncio.Event()  # cleared while the producer is being rebuilt
@@ -211,6 +213,7 @@ class Publisher:
         while True:
             async with self._lock:
                 self._producer.poll(0)
+            self._on_poll()
             if self._resend and time.monotonic() >= next_resend:
                 # Paced: a topic that stays missing must not turn into a busy loop.
                 next_resend = time.monotonic() + RESEND_INTERVAL

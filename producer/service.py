@@ -14,7 +14,10 @@ One asyncio event loop runs everything:
   task: the loop never blocks on Kafka, so pongs always leave in time) and the
   :class:`~producer.topics.TopicKeeper` (topics created in the background: a broker
   that is down at start-up does not stop reading);
-* a stats line every PRODUCER_STATS_INTERVAL seconds.
+* a stats line every PRODUCER_STATS_INTERVAL seconds;
+* on every turn of the delivery-report task (every 50 ms): the heartbeat
+  (:mod:`crypto_live.health`; a blocked event loop stops it) and, every METRICS_INTERVAL
+  seconds, a metrics record (:mod:`crypto_live.metrics`).
 
 SIGINT/SIGTERM: stop reading (close handshakes, frames in transit still read), flush
 for what is left of PRODUCER_SHUTDOWN_TIMEOUT, exit 0 — or raise
@@ -35,7 +38,10 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from crypto_live import logs
 from crypto_live.errors import DeliveryError, ServiceError
+from crypto_live.health import Heartbeat
+from crypto_live.metrics import MetricsReporter, Sample
 from crypto_live.settings import ProducerSettings
 
 from .budget import ConnectionBudget
@@ -62,7 +68,9 @@ _WEBSOCKET_LOG.setLevel(logging.INFO)
 
 def run(settings: ProducerSettings) -> int:
     """Entry point of `crypto-live producer`; returns the exit status."""
-    plans = plan_connections(resolve_url(settings), settings.symbols)
+    url = resolve_url(settings)
+    logs.register_secret(url)  # it may come from Secrets Manager: never in a log line either
+    plans = plan_connections(url, settings.symbols)
     return asyncio.run(ProducerService(settings, plans).main())
 
 
@@ -82,6 +90,8 @@ class ProducerService:
         self._invalid_logged = 0
         self._stop_requested = False
         self._publisher: Publisher | None = None
+        self.heartbeat = Heartbeat.for_service("producer", settings.monitoring)
+        self._metrics: MetricsReporter | None = None
 
     @property
     def stopping(self) -> bool:
@@ -115,7 +125,9 @@ class ProducerService:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._begin_stop)
         keeper = TopicKeeper(self.settings.kafka, self._topics_recreated)
-        publisher = self._publisher = Publisher(self.settings.kafka, self.stats, on_brokers_down=keeper.check_soon)
+        publisher = self._publisher = Publisher(
+            self.settings.kafka, self.stats, on_brokers_down=keeper.check_soon, on_poll=self._pulse
+        )
         self._readers = [Reader(plan, self) for plan in self.plans]
         log.info(
             "producer starting: %s -> topic %s (dead letters: %s) at %s",
@@ -124,6 +136,8 @@ class ProducerService:
             self.settings.kafka.dlq_topic,
             self.settings.kafka.bootstrap_servers,
         )
+        self.heartbeat.start()
+        self._metrics = MetricsReporter("producer", self.settings.monitoring.metrics_interval, self._sample)
         background = [
             asyncio.create_task(keeper.run(), name="topic-keeper"),
             asyncio.create_task(publisher.serve(), name="delivery-reports"),
@@ -143,6 +157,8 @@ class ProducerService:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            self._metrics.close()
+            self.heartbeat.stop()
         log.info("final stats: %s", stats_line(Stats(), self.stats, loop.time() - started, left))
         undelivered = self.stats.undelivered()
         if undelivered:
@@ -154,6 +170,19 @@ class ProducerService:
             raise ServiceError(f"stopped after an internal error: {crashed}")
         log.info("stopped: every message read was delivered")
         return 0
+
+    def _pulse(self) -> None:
+        """Each turn of the delivery-report loop (on the event loop): heartbeat, and metrics when due."""
+        self.heartbeat.beat()
+        if self._metrics is not None:
+            self._metrics.tick()
+
+    def _sample(self) -> Sample:
+        stats = self.stats
+        return Sample(
+            stats.events,
+            {"EventsPublished": stats.published, "DeadLetters": stats.invalid, "Reconnects": stats.reconnects},
+        )
 
     async def _wait_for_stop(self, tasks: list[asyncio.Task[None]]) -> str | None:
         """Wait for a stop request; a task that ends by itself is a bug: stop then too."""

@@ -87,7 +87,13 @@ def test_compose_services_run_as_written_against_the_embedded_stack(private_stac
     def service_env(name: str) -> dict[str, str]:
         declared = services[name].get("environment", {})
         env = {key: _localize(str(value), broker, aws, port) for key, value in declared.items()}
-        return {"PATH": "/usr/bin:/bin", "KAFKA_SESSION_TIMEOUT_MS": "2000", **env}
+        # A private heartbeat directory: other tests may run the same services meanwhile.
+        return {
+            "PATH": "/usr/bin:/bin",
+            "KAFKA_SESSION_TIMEOUT_MS": "2000",
+            "CRYPTO_LIVE_HEARTBEAT_DIR": str(tmp_path),
+            **env,
+        }
 
     def command(name: str) -> list[str]:
         argv = [_localize(arg, broker, aws, port) for arg in services[name]["command"]]
@@ -125,6 +131,11 @@ def test_compose_services_run_as_written_against_the_embedded_stack(private_stac
         )
         for name, process in processes.items():
             assert process.poll() is None, f"{name} exited: {process.communicate()[1][-2000:]}"
+        for name in ("producer", "s3-sink", "dynamo-sink"):
+            check = services[name]["healthcheck"]["test"]
+            assert check[0] == "CMD" and check[1] == "crypto-live", check
+            health = run_cli(check[2:], service_env(name))
+            assert health.returncode == 0, f"{name}'s compose healthcheck fails: {health.stderr}"
     finally:
         for process in processes.values():
             if process.poll() is None:

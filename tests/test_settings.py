@@ -32,6 +32,12 @@ BAD_VALUES = [
     ("KAFKA_TOPIC_RETENTION_MS", "-2", "-1 (unlimited)"),
     ("KAFKA_TOPIC_RETENTION_BYTES", "1GB", "-1 (unlimited)"),
     ("KAFKA_SESSION_TIMEOUT_MS", "10", "whole number"),
+    ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT", "one of PLAINTEXT, SSL, SASL_SSL"),
+    ("KAFKA_SASL_MECHANISM", "PLAIN", "one of SCRAM-SHA-512, AWS_MSK_IAM"),
+    ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512", "no value when KAFKA_SECURITY_PROTOCOL=PLAINTEXT"),
+    ("KAFKA_SASL_USERNAME", "pipeline", "no value unless KAFKA_SASL_MECHANISM=SCRAM-SHA-512"),
+    ("KAFKA_SASL_PASSWORD", "hunter2", "no value unless KAFKA_SASL_MECHANISM=SCRAM-SHA-512"),
+    ("KAFKA_SSL_CA_LOCATION", "/no/such/ca.pem", "readable PEM file"),
     ("BINANCE_WEBSOCKET_URL", "https://stream.binance.com/ws", "ws:// or wss://"),
     ("BINANCE_WEBSOCKET_URL", "wss://", "ws:// or wss://"),
     ("BINANCE_WEBSOCKET_URL", "wss://host:notaport/ws", "valid port"),
@@ -66,6 +72,10 @@ BAD_VALUES = [
     ("DYNAMO_MAX_BATCH_TIMEOUT", "-1", "positive number of seconds"),
     ("DYNAMO_CREATE_TABLE", "maybe", "true or false"),
     ("DYNAMO_SINK_GROUP", "a group", "consumer group id"),
+    ("LOG_FORMAT", "xml", "one of text, json"),
+    ("CRYPTO_LIVE_HEARTBEAT_DIR", "relative/dir", "an absolute path"),
+    ("HEALTHCHECK_MAX_AGE", "0", "positive number of seconds"),
+    ("METRICS_INTERVAL", "1m", "positive number of seconds"),
 ]
 
 
@@ -90,7 +100,7 @@ def test_bad_value_is_refused_naming_variable_value_and_expectation(variable, va
         assert message.startswith(f"{variable}=")
         assert "\n" not in message
         assert expected in message
-        if variable != "BINANCE_WEBSOCKET_URL":
+        if variable not in {"BINANCE_WEBSOCKET_URL", "KAFKA_SASL_PASSWORD"}:  # secrets are shown masked
             assert repr(value) in message
 
 
