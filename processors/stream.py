@@ -15,12 +15,18 @@ lasts; any other refusal (the bucket or table deleted, access denied, the reques
 refused) raises :class:`~crypto_live.errors.DestinationError` and stops the process with
 nothing committed past what was stored.
 
+A sink that loses its group membership (its session timed out: the process was paused, or
+the broker stalled) rejoins instead of crashing (:class:`SinkApplication`): the batch it
+had not committed is dropped, not committed, and whoever owns those partitions next
+replays them from the committed offsets. One warning line says so.
+
 A run owns a temporary Quix state directory (:func:`state_directory`): the application is
 stateless, but Quix insists on one, and it must not outlive the process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -29,10 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from quixstreams import Application
+from quixstreams.checkpointing.exceptions import CheckpointConsumerCommitError
 from quixstreams.context import message_context
 from quixstreams.kafka import ConnectionConfig
 from quixstreams.models import Topic, TopicConfig
+from quixstreams.processing import ProcessingContext
 from quixstreams.sinks import BatchingSink
 
 from crypto_live import dead_letter
@@ -100,6 +109,97 @@ def backpressure_backoff() -> Backoff:
     return Backoff(lambda: exponential(1.0, 30.0))
 
 
+#: Commit refusals that mean this consumer is no longer a member of the group's current
+#: generation: the group moved on without it (its session timed out, a rebalance started,
+#: it was fenced), or librdkafka already knows its assignment is lost.
+LOST_MEMBERSHIP = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.STALE_MEMBER_EPOCH,
+        KafkaError.FENCED_MEMBER_EPOCH,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+
+
+def lost_membership(error: KafkaError) -> bool:
+    """Whether a refused commit means the group no longer counts this consumer in (pure)."""
+    return error.code() in LOST_MEMBERSHIP
+
+
+@dataclasses.dataclass
+class _RejoiningContext(ProcessingContext):
+    """Quix's processing context, except that a checkpoint whose commit the group refuses
+    for lost membership is dropped (``on_refused`` is told why) instead of raised."""
+
+    on_refused: Callable[[str], None] = lambda cause: None
+
+    def commit_checkpoint(self, force: bool = False, revoking: bool = False) -> None:
+        try:
+            super().commit_checkpoint(force=force, revoking=revoking)
+        except CheckpointConsumerCommitError as exc:
+            if not lost_membership(exc.error):
+                raise
+            self.on_refused(f"commit refused: {exc.description}")
+
+    def drop_checkpoint(self) -> None:
+        """Forget the open checkpoint without committing: its offsets, and the batches the
+        sinks accumulated for it (``on_paused`` is how Quix drops them on backpressure)."""
+        for sink in self.sink_manager.sinks:
+            sink.on_paused()  # type: ignore[no-untyped-call]  # Quix leaves these unannotated
+        self.init_checkpoint()  # type: ignore[no-untyped-call]
+
+
+class SinkApplication(Application):
+    """A Quix Application that survives losing its consumer-group membership.
+
+    Quix 3.28 raises when the group refuses a commit because the member was evicted
+    (``CheckpointConsumerCommitError: ... Unknown member``), and when librdkafka reports
+    the assignment lost it keeps the open checkpoint, so the replay that follows the
+    rejoin fails the checkpoint's increasing-offset check (``InvalidStoredOffset``).
+    Here both drop the open checkpoint without committing it and log one warning; the
+    consumer rejoins on its next poll (librdkafka does that) and the partitions it gets
+    are replayed from their committed offsets. The sinks' writes are idempotent for a
+    replay; whatever the dropped checkpoint flushed before its commit was refused is
+    rewritten the same way.
+
+    Only at-least-once processing is supported (no transaction to abort).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        quix = self._processing_context
+        fields = {field.name: getattr(quix, field.name) for field in dataclasses.fields(quix) if field.init}
+        # Replaced before any dataframe exists: every part of the app shares this one.
+        self._rejoining_context = _RejoiningContext(**fields, on_refused=self._lost_membership)
+        self._processing_context = self._rejoining_context
+        self._rejoining = False  # the warning was logged for this loss; cleared by the next assignment
+
+    def _lost_membership(self, cause: str) -> None:
+        if not self._rejoining:
+            log.warning(
+                "lost group membership (%s): rejoining; the uncommitted batch will be replayed "
+                "from the committed offsets",
+                cause,
+            )
+        self._rejoining = True
+        self._rejoining_context.drop_checkpoint()
+
+    def _on_lost(self, consumer: Consumer, topic_partitions: list[TopicPartition]) -> None:
+        # Lost partitions may already be someone else's: what the open checkpoint holds
+        # for them must be neither written nor committed, and it must not meet the replay.
+        if not self._rejoining_context.checkpoint.empty():
+            self._lost_membership("session timed out")
+        super()._on_lost(consumer, topic_partitions)
+
+    def _on_assign(self, consumer: Consumer, topic_partitions: list[TopicPartition]) -> None:
+        self._rejoining = False
+        super()._on_assign(consumer, topic_partitions)
+
+
 @contextmanager
 def state_directory(stage: str) -> Iterator[Path]:
     """A Quix state directory for one run of ``stage``, removed when the run ends however it ends."""
@@ -116,8 +216,8 @@ def build_application(
     on_dead_letter: Callable[[dict[str, Any]], None] | None = None,
     reject: Reject | None = None,
     telemetry: SinkTelemetry | None = None,
-) -> Application:
-    """An Application wired for ``plan``; topics are created first if missing.
+) -> SinkApplication:
+    """A :class:`SinkApplication` wired for ``plan``; topics are created first if missing.
 
     ``state_dir`` is Quix's state directory (see :func:`state_directory`); ``reject`` (see
     :func:`check_message`) sends valid events the sink cannot store to the DLQ;
@@ -125,7 +225,7 @@ def build_application(
     """
     ensure_topics(kafka)
     heartbeat_ms = max(100, min(3000, kafka.session_timeout_ms // 3))
-    app = Application(
+    app = SinkApplication(
         # The same connection settings as every other client (security, SASL, oauth_cb).
         broker_address=ConnectionConfig.from_librdkafka_dict(client_config(kafka)),
         consumer_group=plan.consumer_group,

@@ -156,7 +156,7 @@ def test_unreachable_websocket_is_retried_without_logging_the_url(kafka_env, uni
         base = (
             f"ws://127.0.0.1:{free_port()}/ws/!miniTicker@arr"
             if where == "nothing listening"
-            else sim.url("nosuchstream@miniTicker")
+            else sim.url("nosuchstream@nosuchtype")
         )  # the simulator answers HTTP 400
         settings = producer_settings(kafka_env, f"{base}?{token}=1", PRODUCER_RECONNECT_MAX_DELAY="0.2")
         with caplog.at_level("DEBUG"), ProducerThread(settings) as producer:
@@ -175,7 +175,7 @@ def test_handshake_refused_by_the_exchange_is_an_error_retried_after_the_whole_c
     backoff starting under half a second."""
     cap = 1.0
     with SimulatorThread(SimulatorOptions(symbols=2)) as sim:
-        url = sim.url("nosuchstream@miniTicker")  # the simulator answers HTTP 400
+        url = sim.url("nosuchstream@nosuchtype")  # the simulator answers HTTP 400
         host = f"ws://127.0.0.1:{sim.port}/…"
         settings = producer_settings(kafka_env, url, PRODUCER_RECONNECT_MAX_DELAY=f"{cap:g}")
         with caplog.at_level(logging.INFO, logger="producer"), ProducerThread(settings) as producer:

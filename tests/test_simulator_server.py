@@ -132,8 +132,21 @@ async def test_combined_stream_wraps_payloads():
     assert isinstance(by_stream[ALL_MARKET_STREAM], list)
 
 
+@async_test
+async def test_encoded_three_second_stream_in_microseconds_end_to_end():
+    # Percent-encoded name, update speed and time unit, all parsed by the server itself.
+    async with SimulatorServer(FAST) as sim:
+        url = f"{sim.base_url}/stream?streams=%21miniTicker%40arr%403000ms&timeUnit=MICROSECOND"
+        async with client(url) as ws:
+            frame = await recv_json(ws)
+        assert frame["stream"] == "!miniTicker@arr@3000ms"
+        await sim.wait_until(lambda: sim.sent_count >= len(frame["data"]))  # recorded after the send
+        sent = {e["s"]: e["E"] for e in sim.sent_events}
+        assert {e["s"]: e["E"] for e in frame["data"]} == {s: t * 1000 for s, t in sent.items()}
+
+
 @pytest.mark.parametrize(
-    ("path", "status"), [("/nope", 404), ("/ws/btcusdt@trade", 400), ("/ws/BTCUSDT@miniTicker", 400)]
+    ("path", "status"), [("/nope", 400), ("/ws/btcusdt@trade", 400), ("/ws/!miniTicker@arr?timeUnit=ns", 400)]
 )
 @async_test
 async def test_bad_paths_fail_the_handshake(path, status):

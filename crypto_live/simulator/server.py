@@ -27,7 +27,8 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,7 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from crypto_live.binance import ALL_MARKET_STREAM, stream_name
+from crypto_live.binance import ALL_MARKET_SPEEDS_MS, ALL_MARKET_STREAM, MINI_TICKER_UPDATE_MS, stream_name
 from crypto_live.errors import HandshakeError, SettingsError
 
 from . import market, protocol
@@ -112,7 +113,6 @@ class SimulatorServer:
         self._clock = clock
         self._market = market.initial_state(self.options.symbols, self.seed)
         self.symbols: tuple[str, ...] = self._market.names
-        self._symbol_set = frozenset(self.symbols)
         self._clients: set[_Client] = set()
         self._sent: list[dict[str, Any]] = []
         self._sent_lock = threading.Lock()  # readers may live on other threads
@@ -339,7 +339,7 @@ class SimulatorServer:
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
-            protocol.parse_path(request.path, self._symbol_set)
+            protocol.parse_path(request.path)
         except HandshakeError as exc:
             return connection.respond(exc.status, exc.reason + "\n")
         return None
@@ -347,7 +347,7 @@ class SimulatorServer:
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None, "websockets calls the handler after the handshake"
-        client = _Client(ws, protocol.parse_path(request.path, self._symbol_set))
+        client = _Client(ws, protocol.parse_path(request.path))
         self._clients.add(client)
         self.connections_accepted += 1
         self._changed.set()
@@ -356,7 +356,7 @@ class SimulatorServer:
             async for message in ws:
                 if not client.writable():  # half-closed: write nothing, wait for the peer to hang up
                     continue
-                outcome = protocol.handle_message(client.session, message, time.monotonic(), self._symbol_set)
+                outcome = protocol.handle_message(client.session, message, time.monotonic())
                 client.session = outcome.session
                 if outcome.reply is not None:
                     async with client.lock:
@@ -407,6 +407,9 @@ class SimulatorServer:
         loop = asyncio.get_running_loop()
         interval = self.options.interval
         deadline = loop.time()
+        # The slowest all-market stream (@3000ms) merges this tick with the ones before it.
+        history: deque[Sequence[dict[str, Any]]] = deque(maxlen=max(ALL_MARKET_SPEEDS_MS) // MINI_TICKER_UPDATE_MS - 1)
+        number = 0
         while True:
             # Fixed-rate schedule; when we fall behind, do not burst to catch up.
             deadline = max(deadline + interval, loop.time())
@@ -414,7 +417,9 @@ class SimulatorServer:
             self._market, events = market.step(self._market, self._clock())
             if self.stalled:
                 continue
-            tick = protocol.TickFrames(events)
+            number += 1
+            tick = protocol.TickFrames(events, number, tuple(history))
+            history.append(events)
             for client in list(self._clients):
                 if client.dropped:
                     continue
