@@ -1,41 +1,67 @@
-"""What the S3 sink writes for one batch: keys, bodies, headers. Pure; no I/O.
+"""What the S3 sink writes, and where each writer resumes: keys, bodies, the cut. No I/O.
 
-A batch is the events of ONE topic-partition that a Quix checkpoint collected, as
-``(offset, event fields)`` in offset order. It becomes one object per event-time hour::
+A batch is the valid events of ONE topic-partition that a Quix checkpoint collected, as
+``(offset, event fields)`` in offset order (poison messages went to the DLQ and are in no
+object). Its events are grouped by event-time hour, and each hour's events are cut into
+objects of at most ``max_rows`` (MAX_BATCH_SIZE) rows::
 
     <prefix>/dt=2023-11-14/hour=22/<topic>-00002-00000000000000001234.jsonl[.gz]
 
 ``dt``/``hour`` come from the event's own time ``E`` in UTC (Hive-style, so Athena, Glue
-and Spark prune by them). The file name is a pure function of topic, partition and the
-offset of the object's FIRST row; the row's hour fixes the directory. An object holds
-every event of its hour in the batch, in offset order, one JSON object per line.
+and Spark prune by them). The file name is topic, partition and the offset of the object's
+FIRST row. An object holds hour-h events of consecutive offsets, in offset order, one JSON
+object per line, and records its *extent* in user metadata: ``first-offset``,
+``last-offset``, ``rows``. It holds exactly the hour-h events of the partition whose
+offsets lie in [first-offset, last-offset] (the Kafka log and the validity check do not
+change, so every writer computes the same set for the same extent).
 
-Why a replay after a crash can never leave an event twice or lose one, however the
-replayed batches are cut (by count, by time, across hours):
+Why every event ends up in exactly one object, whatever the crashes, replays, cuts and
+zombies (an instance frozen past its session timeout that resumes and writes its old batch
+after a new owner of its partitions wrote different cuts):
 
-1. Quix commits a partition's offset only after the batch's objects are in S3, and a
-   restart (or a backpressure replay) resumes exactly at the last committed offset C.
-   So the batches that end up committed tile the partition's offsets without overlap,
-   and an abandoned attempt A always started at some committed boundary C.
-2. Say A wrote the object whose first row is the event at offset f, of hour h: A holds
-   no hour-h event in [C, f). The committed batch B that finally holds f started at or
-   after C, so B has no hour-h event before f either — B writes the SAME key, later
-   than A did, with exactly B's hour-h events. Every abandoned object is overwritten.
-3. Two committed batches never share a key (f lies in exactly one of them), and no
-   later attempt reaches back before its committed start. So S3 ends with the
-   committed batches' objects: every event exactly once.
+1. Objects are create-only: every put carries ``If-None-Match: *``; S3 refuses it with
+   412 PreconditionFailed when the key exists. No object is ever overwritten, so whatever
+   is in S3 stays true; whoever creates a key first decides that object's extent.
+2. For each (partition, hour) the objects form ONE chain: the first link starts at the
+   hour's first event, and the link after an object [f, l] starts at the hour's first
+   event after l. A writer only ever puts the key of the chain position it stands on:
+   - it starts on the link after the one holding the hour's last event before its batch
+     (:func:`resume_after`): its own memory of the previous batch, or, after a start, a
+     rebalance or a gap, the object with the largest first offset below the batch's first
+     event of the hour (listed in S3);
+   - after a put is accepted it stands after that object's last offset; after a 412 it
+     reads the existing object's extent and stands after ITS last offset
+     (:func:`walk_hour`): it skips exactly what is stored, however it was cut.
+   Two writers on the same position put the same key, so one of them gets the 412: the
+   chain never forks, and its links are disjoint and consecutive. Every event a writer
+   handles is in the link it wrote or found.
+3. Where a writer starts is right because its batch starts at an offset C before which
+   every valid event is already stored (Quix processes a batch from the committed offset,
+   or right after the previous batch it wrote in full). So the hour's events before C are
+   covered by links that already exist, the link holding the last of them has the largest
+   first offset below C, and it may reach past C (a zombie wrote a longer cut): the writer
+   then skips to its end. Links created later start after it, so listing cannot race.
+4. Quix commits an offset only after the batch's objects were put or found; a writer that
+   crashes or lost its partitions leaves links that the next writer finds (412) and skips.
 
-This needs each object to hold *all* of its hour's events in the batch. Splitting a
-larger batch into N-row chunks named by their first offset breaks step 2: a replay cut
-elsewhere shifts every chunk start, and the old chunks are never overwritten. The sink
-therefore keeps each batch at most MAX_BATCH_SIZE events (see :mod:`processors.s3_sink`).
+So: after crash-replays every event is stored once, the replay skipping what the lost
+attempt wrote; and a zombie that resumes after the new owner wrote different cuts gets
+412 at the first key it shares with the new owner's chain and skips the rest of that link,
+so it never stores an event twice, while the events it does store are ones nobody stored
+(the chain is the same for every writer). Nothing is ever lost: an offset is committed
+only after its event is in a link, and links are never overwritten.
+
+Objects of one batch are full (``max_rows`` rows) except each hour's last one; the sink's
+checkpoint is sized so a busy partition fills several (see :mod:`processors.s3_sink`).
+An object without the extent metadata (not written by this scheme) on a key the sink
+needs is reported, never overwritten.
 """
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,19 +74,82 @@ JSONL_CONTENT_TYPE = "application/x-ndjson"
 # plain text in a file still named .jsonl.gz.
 GZIP_CONTENT_TYPE = "application/gzip"
 COMPRESSIONS = ("none", "gzip")
+#: The user metadata (x-amz-meta-*) holding an object's extent.
+FIRST_OFFSET, LAST_OFFSET, ROWS = "first-offset", "last-offset", "rows"
+#: How many hours a writer remembers per partition (a later late event is looked up in S3).
+REMEMBERED_HOURS = 48
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Row = tuple[int, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Extent:
+    """The offsets of an object's first and last rows, and how many rows it holds."""
+
+    first_offset: int
+    last_offset: int
+    rows: int
+
+    def metadata(self) -> dict[str, str]:
+        return {FIRST_OFFSET: str(self.first_offset), LAST_OFFSET: str(self.last_offset), ROWS: str(self.rows)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> Extent:
+        """The extent an object's metadata records; ValueError saying what is missing or wrong."""
+        try:
+            extent = cls(int(metadata[FIRST_OFFSET]), int(metadata[LAST_OFFSET]), int(metadata[ROWS]))
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"expected metadata {FIRST_OFFSET}, {LAST_OFFSET} and {ROWS} as integers, got {dict(metadata)}"
+            ) from None
+        if not 0 <= extent.first_offset <= extent.last_offset or extent.rows < 1:
+            raise ValueError(f"expected an extent with first <= last offset and rows >= 1, got {extent}")
+        return extent
 
 
 @dataclass(frozen=True)
 class S3Object:
-    """One object to put: ``rows`` events, ``first_offset`` the offset of its first row."""
+    """One object to put: ``rows`` events of ``hour``, from ``first_offset`` to ``last_offset``."""
 
     key: str
     body: bytes
     content_type: str
-    rows: int
-    first_offset: int
+    hour: datetime
+    extent: Extent
+
+    @property
+    def rows(self) -> int:
+        return self.extent.rows
+
+    @property
+    def first_offset(self) -> int:
+        return self.extent.first_offset
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where and how one partition's objects are written."""
+
+    prefix: str
+    topic: str
+    partition: int
+    max_rows: int
+    compression: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows {self.max_rows} is not a positive number")
+
+    def key(self, hour: datetime, first_offset: int) -> str:
+        return object_key(self.prefix, hour, self.topic, self.partition, first_offset, self.compression)
+
+    def hour_prefix(self, hour: datetime) -> str:
+        """The common start of this partition's keys in ``hour`` (either compression)."""
+        return object_key(self.prefix, hour, self.topic, self.partition, 0, "none").rsplit("-", 1)[0] + "-"
 
 
 def event_hour(event_time_ms: int) -> datetime:
@@ -85,6 +174,11 @@ def object_key(prefix: str, hour: datetime, topic: str, partition: int, first_of
     return "/".join(part for part in (prefix, hour_path(hour), name) if part)
 
 
+def key_first_offset(key: str) -> int:
+    """The first offset in an object key's name (see :func:`object_key`)."""
+    return int(key.rsplit("-", 1)[1].split(".", 1)[0])
+
+
 def jsonl_body(events: Iterable[Mapping[str, Any]]) -> bytes:
     """One compact JSON object per event, each line ending in a newline."""
     return b"".join(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in events)
@@ -95,35 +189,112 @@ def gzip_body(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
-def batch_objects(
-    items: Iterable[tuple[int, Mapping[str, Any]]],
-    *,
-    prefix: str,
-    topic: str,
-    partition: int,
-    compression: str = "none",
-) -> list[S3Object]:
-    """The objects for one partition's batch of ``(offset, event fields)``: one per event hour.
-
-    ``items`` come in ascending offset order, as a Quix SinkBatch holds them; rows keep
-    that order and objects come in the order of their first offsets.
-    """
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
-    by_hour: dict[datetime, list[tuple[int, Mapping[str, Any]]]] = {}
+def by_hour(items: Iterable[Row]) -> dict[datetime, list[Row]]:
+    """A batch's rows grouped by event hour; hours in the order of their first offsets."""
+    hours: dict[datetime, list[Row]] = {}
     for offset, event in items:
-        by_hour.setdefault(event_hour(event["E"]), []).append((offset, event))
-    objects = []
-    for hour, rows in by_hour.items():  # dicts keep insertion order: first offsets ascend
-        body = jsonl_body(event for _, event in rows)
-        first_offset = rows[0][0]
-        objects.append(
-            S3Object(
-                key=object_key(prefix, hour, topic, partition, first_offset, compression),
-                body=gzip_body(body) if compression == "gzip" else body,
-                content_type=GZIP_CONTENT_TYPE if compression == "gzip" else JSONL_CONTENT_TYPE,
-                rows=len(rows),
-                first_offset=first_offset,
-            )
-        )
-    return objects
+        hours.setdefault(event_hour(event["E"]), []).append((offset, event))
+    return hours
+
+
+def make_object(layout: Layout, hour: datetime, rows: Sequence[Row]) -> S3Object:
+    """The object of ``rows`` (one hour's, consecutive, in offset order)."""
+    body = jsonl_body(event for _, event in rows)
+    gzipped = layout.compression == "gzip"
+    return S3Object(
+        key=layout.key(hour, rows[0][0]),
+        body=gzip_body(body) if gzipped else body,
+        content_type=GZIP_CONTENT_TYPE if gzipped else JSONL_CONTENT_TYPE,
+        hour=hour,
+        extent=Extent(rows[0][0], rows[-1][0], len(rows)),
+    )
+
+
+def next_object(layout: Layout, hour: datetime, rows: Sequence[Row], stored_through: int) -> S3Object | None:
+    """The next link of the hour's chain: up to ``max_rows`` of ``rows`` after offset
+    ``stored_through``; None when every row is stored."""
+    rest = [row for row in rows if row[0] > stored_through][: layout.max_rows]
+    return make_object(layout, hour, rest) if rest else None
+
+
+class ForeignObjectError(ValueError):
+    """A key the sink needs holds an object whose extent does not fit the chain."""
+
+
+#: Create an object unless its key exists: None when created, else the existing object's extent.
+Create = Callable[[S3Object], Extent | None]
+
+
+def walk_hour(layout: Layout, hour: datetime, rows: Sequence[Row], stored_through: int, create: Create) -> int:
+    """Store one hour's ``rows`` of a batch along the hour's chain, starting after offset
+    ``stored_through``; return the offset through which the chain is now stored.
+
+    A key that is taken (``create`` returns its extent) means its rows are stored: the walk
+    continues after that object's last offset, however long it is.
+    """
+    while (obj := next_object(layout, hour, rows, stored_through)) is not None:
+        existing = create(obj)
+        if existing is None:
+            stored_through = obj.extent.last_offset
+            continue
+        if existing.first_offset != obj.first_offset or existing.last_offset < obj.first_offset:
+            raise ForeignObjectError(f"{obj.key} records extent {existing}, not one starting at {obj.first_offset}")
+        stored_through = existing.last_offset
+    return stored_through
+
+
+def resume_after(previous: Extent | None) -> int:
+    """Where a writer stands on an hour's chain given the object holding the hour's last
+    event before its batch (the one with the largest first offset below the batch's first
+    event of the hour): after its last offset, which may lie inside the batch."""
+    return previous.last_offset if previous is not None else -1
+
+
+@dataclass
+class Progress:
+    """What a writer knows of one partition's chains after a batch it stored in full:
+    ``stored_through[hour]`` for the hours it saw, valid for a batch that starts right
+    after ``last_offset`` (a replay of a failed batch, or the next one)."""
+
+    last_offset: int = -2
+    stored_through: dict[datetime, int] = field(default_factory=dict)
+
+    def known(self, hour: datetime, first_offset: int) -> int | None:
+        """Where the hour's chain stands for a batch starting at ``first_offset``, if known.
+
+        Known only when no valid event lies between what the writer saw and the batch (a
+        rebalance or a poison message in between makes the writer look it up in S3)."""
+        if first_offset != self.last_offset + 1:
+            return None
+        return self.stored_through.get(hour)
+
+    def after(self, last_offset: int, stored: Mapping[datetime, int]) -> Progress:
+        """The progress after a batch ending at ``last_offset`` stored ``stored`` (hour -> through)."""
+        hours = {**self.stored_through, **stored}
+        kept = sorted(hours)[-REMEMBERED_HOURS:]
+        return Progress(last_offset, {hour: hours[hour] for hour in kept})
+
+
+#: The object of ``hour`` with the largest first offset below the given one, if any.
+Previous = Callable[[datetime, int], Extent | None]
+
+
+def store_batch(
+    items: Sequence[Row], layout: Layout, progress: Progress, create: Create, previous: Previous
+) -> Progress:
+    """Store one partition's batch (``items`` in offset order); return the progress after it.
+
+    Raises whatever ``create``/``previous`` raise, leaving ``progress`` as it was: a replay
+    from the same start uses it again.
+    """
+    if not items:
+        return progress
+    contiguous = items[0][0] == progress.last_offset + 1
+    base = progress if contiguous else Progress()
+    stored: dict[datetime, int] = {}
+    for hour, rows in by_hour(items).items():
+        start = base.known(hour, items[0][0])
+        if start is None:
+            start = resume_after(previous(hour, rows[0][0]))
+        stored[hour] = walk_hour(layout, hour, rows, start, create)
+    return base.after(items[-1][0], stored)

@@ -1,33 +1,38 @@
 """`crypto-live s3-sink`: cut KAFKA_TOPIC into JSONL objects in S3_BUCKET.
 
-Batching is Quix's checkpoint (see :mod:`processors.stream`) with
-``commit_every = MAX_BATCH_SIZE`` and ``commit_interval = MAX_BATCH_TIMEOUT``: a
-checkpoint closes when MAX_BATCH_SIZE messages were processed or MAX_BATCH_TIMEOUT
-wall-clock seconds passed since it opened — checked on every turn of the poll loop, so a
-quiet stream is flushed too and the last events never wait for new ones. Closing it
-hands :class:`S3JsonlSink` one batch per topic-partition; each becomes one object per
-event hour (:mod:`processors.s3_objects`), and only then are the offsets committed.
+Batching is Quix's checkpoint (see :mod:`processors.stream`) with ``commit_interval =
+MAX_BATCH_TIMEOUT`` and ``commit_every = CHECKPOINT_OBJECTS x MAX_BATCH_SIZE``: a checkpoint
+closes when MAX_BATCH_TIMEOUT wall-clock seconds passed since it opened -- checked on every
+turn of the poll loop, so a quiet stream is flushed too and no event waits longer -- or
+when it holds that many messages (a bound on memory that a backlog reaches, live load
+rarely). Closing it hands :class:`S3JsonlSink` one batch per topic-partition; each is cut
+per event hour into objects of MAX_BATCH_SIZE rows, the rest as the hour's last, smaller
+object (:mod:`processors.s3_objects`), and only then are the offsets committed.
 
-One consumer's checkpoint counts messages across ALL its assigned partitions, so a
-partition's batch holds at most MAX_BATCH_SIZE events and is written no later than when
-MAX_BATCH_SIZE of its events wait; a consumer with several busy partitions writes
-smaller objects, earlier. The alternatives fail the contract:
+Objects are cut per partition, whatever the checkpoint holds across partitions, so at
+steady load they hold MAX_BATCH_SIZE rows instead of MAX_BATCH_SIZE divided by the number
+of busy partitions (a checkpoint closed by MAX_BATCH_SIZE messages across all of a
+consumer's partitions did that): one smaller object per partition-hour and checkpoint
+remains. Cutting a batch into several objects is safe because objects are create-only and
+a writer resumes after whatever is stored (:mod:`processors.s3_objects`: exactly once
+across crashes, replays and zombie writers). The alternatives fail the contract:
 
 - Quix time windows close only when a newer message arrives: on a quiet stream the last
   events would wait for the next one (no wall-clock guarantee).
 - Quix count windows count per message key (per symbol), not per partition.
-- A larger checkpoint chunked into MAX_BATCH_SIZE-row objects: chunk names would depend
-  on where the checkpoint was cut, so a replay after a crash, cut elsewhere, would leave
-  the old chunks next to the new ones (duplicates; see :mod:`processors.s3_objects`).
+
+The S3 calls: PutObject with If-None-Match (s3:PutObject); ListObjectsV2 of one
+partition's hour when a writer starts on a partition or after a gap (s3:ListBucket); and
+HeadObject (s3:GetObject) of a key found taken, or of the object the listing found.
 
 Failures, the rule both sinks follow (decided by :func:`crypto_live.aws.is_transient`):
 
 - Transient -- throttling (SlowDown), 5xx, a timeout, an unreachable endpoint, left after
   boto3's own retries: ``SinkBackpressureError`` with a growing delay
   (:func:`processors.stream.backpressure_backoff`, reset by a successful write). Quix
-  pauses, seeks back to the committed offsets and replays the batch later; as object
-  names depend only on topic, partition and first offset, the rewrite overwrites
-  whatever part was written. The process keeps running through outages of any length.
+  pauses, seeks back to the committed offsets and replays the batch later; the replay
+  finds the objects already written (412 on its create-only put) and continues after
+  them. The process keeps running through outages of any length.
 - Anything else -- the bucket deleted, access revoked, the request refused: a
   :class:`~crypto_live.errors.DestinationError` naming the bucket and the S3 error. The
   process stops (exit status 1) and nothing is committed past what was stored; a
@@ -39,6 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +56,15 @@ from crypto_live import aws
 from crypto_live.backoff import Backoff
 from crypto_live.errors import BucketSetupError, DestinationError
 from crypto_live.settings import S3SinkSettings
-from processors.s3_objects import batch_objects
+from processors.s3_objects import (
+    Extent,
+    ForeignObjectError,
+    Layout,
+    Progress,
+    S3Object,
+    key_first_offset,
+    store_batch,
+)
 from processors.stream import StreamPlan, backpressure_backoff, build_application, state_directory
 from processors.telemetry import SinkTelemetry
 
@@ -62,6 +76,9 @@ STAGE = "s3-sink"
 # write() ends within WRITE_BUDGET + aws.SINK_REQUEST_MAX_SECONDS = 54 s: inside the 60 s
 # Quix gives a sink flush when a rebalance revokes partitions (0.2 x max.poll.interval.ms),
 # so a revoked owner never writes after the new owner has started replaying.
+#: A checkpoint closes at the latest when it holds this many objects' worth of messages.
+CHECKPOINT_OBJECTS = 10
+
 #: Seconds after which write() stops starting new puts and asks for a replay instead.
 WRITE_BUDGET = 15.0
 
@@ -69,7 +86,8 @@ WRITE_BUDGET = 15.0
 class S3JsonlSink(BatchingSink):
     """Puts each partition's batch as JSONL objects; see the module docstring for failures.
 
-    ``objects_written`` / ``rows_written`` count successful puts (a replay counts again);
+    ``objects_written`` / ``rows_written`` count objects created; ``objects_found`` counts
+    puts refused because the key was already written (by a lost attempt or another instance);
     ``backpressures`` counts the pauses asked for.
     """
 
@@ -80,6 +98,7 @@ class S3JsonlSink(BatchingSink):
         prefix: str,
         *,
         compression: str = "none",
+        max_rows: int = 1000,
         backpressure: Backoff | None = None,
         write_budget: float = WRITE_BUDGET,
         clock: Callable[[], float] = time.monotonic,
@@ -90,7 +109,9 @@ class S3JsonlSink(BatchingSink):
         self.bucket = bucket
         self.prefix = prefix
         self.compression = compression
+        self.max_rows = max_rows
         self.objects_written = 0
+        self.objects_found = 0
         self.rows_written = 0
         self.backpressures = 0
         self._backpressure = backpressure or backpressure_backoff()
@@ -98,6 +119,7 @@ class S3JsonlSink(BatchingSink):
         self._clock = clock
         self._on_progress = on_progress  # after each put: a long flush keeps the heartbeat fresh
         self._checked = False
+        self._progress: dict[tuple[str, int], Progress] = {}  # per topic-partition, see s3_objects
 
     def __repr__(self) -> str:
         return f"<S3JsonlSink s3://{self.bucket}/{self.prefix}>"
@@ -135,7 +157,7 @@ class S3JsonlSink(BatchingSink):
             keys = f"{self.prefix}/*" if self.prefix else "*"
             return (
                 f"access to S3 bucket {self.bucket!r} is denied {self._where()}: the sink needs "
-                f"s3:ListBucket on the bucket and s3:PutObject on {keys}"
+                f"s3:ListBucket on the bucket and s3:PutObject and s3:GetObject on {keys}"
             )
         if code in {"301", "PermanentRedirect"}:
             actual = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region", "?")
@@ -143,32 +165,95 @@ class S3JsonlSink(BatchingSink):
         return f"S3 bucket {self.bucket!r} {self._where()}: HeadBucket failed: {aws.error_text(exc)}"
 
     def write(self, batch: SinkBatch) -> None:
-        """Put the batch's objects; raise SinkBackpressureError so Quix replays the batch
+        """Store the batch's objects; raise SinkBackpressureError so Quix replays the batch
         later, or DestinationError when S3 refuses it for good (see the module docstring)."""
-        objects = batch_objects(
-            ((item.offset, item.value) for item in batch),
-            prefix=self.prefix,
-            topic=batch.topic,
-            partition=batch.partition,
-            compression=self.compression,
-        )
+        layout = Layout(self.prefix, batch.topic, batch.partition, self.max_rows, self.compression)
         started = self._clock()
-        for obj in objects:
+
+        def create(obj: S3Object) -> Extent | None:
             if self._clock() - started > self._write_budget:
                 raise self._pause(f"writing took over {self._write_budget:.0f} s", obj.key)
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=obj.key, Body=obj.body, ContentType=obj.content_type)
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-                if aws.is_transient(exc):
-                    raise self._pause(aws.error_text(exc), obj.key) from None
-                raise DestinationError(
-                    f"{self._label()} refused PutObject of {obj.key}: {aws.error_text(exc)}"
-                ) from None
-            self.objects_written += 1
-            self.rows_written += obj.rows
-            self._on_progress()
-            log.info("wrote s3://%s/%s (%d rows)", self.bucket, obj.key, obj.rows)
+            return self._create(obj)
+
+        partition = (batch.topic, batch.partition)
+        try:
+            self._progress[partition] = store_batch(
+                [(item.offset, item.value) for item in batch],
+                layout,
+                self._progress.get(partition, Progress()),
+                create,
+                lambda hour, first_offset: self._previous(layout, hour, first_offset),
+            )
+        except ForeignObjectError as exc:
+            raise DestinationError(f"{self._label()} holds an object the sink did not write: {exc}") from None
         self._backpressure.reset()
+
+    def _create(self, obj: S3Object) -> Extent | None:
+        """Put ``obj`` unless its key exists (If-None-Match: *); return the existing object's extent if it does."""
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=obj.key,
+                Body=obj.body,
+                ContentType=obj.content_type,
+                Metadata=obj.extent.metadata(),
+                IfNoneMatch="*",
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            if isinstance(exc, botocore.exceptions.ClientError) and aws.error_code(exc) == "PreconditionFailed":
+                existing = self._extent(obj.key)
+                log.info(
+                    "found s3://%s/%s (%d rows through offset %d, written earlier): continuing after it",
+                    self.bucket,
+                    obj.key,
+                    existing.rows,
+                    existing.last_offset,
+                )
+                self.objects_found += 1
+                return existing
+            raise self._failure(exc, "PutObject", obj.key) from None
+        self.objects_written += 1
+        self.rows_written += obj.rows
+        self._on_progress()
+        log.info("wrote s3://%s/%s (%d rows)", self.bucket, obj.key, obj.rows)
+        return None
+
+    def _extent(self, key: str) -> Extent:
+        """The extent recorded in the metadata of the object at ``key``."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._failure(exc, "HeadObject", key) from None
+        try:
+            return Extent.from_metadata(head.get("Metadata", {}))
+        except ValueError as exc:
+            raise DestinationError(
+                f"{self._label()} holds {key}, which the sink did not write and will not overwrite: {exc}"
+            ) from None
+
+    def _previous(self, layout: Layout, hour: datetime, first_offset: int) -> Extent | None:
+        """The extent of the partition's object of ``hour`` with the largest first offset below ``first_offset``."""
+        prefix = layout.hour_prefix(hour)
+        below: list[tuple[int, str]] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for entry in page.get("Contents", []):
+                    offset = key_first_offset(entry["Key"])
+                    if offset < first_offset:
+                        below.append((offset, entry["Key"]))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._failure(exc, "ListObjectsV2", prefix) from None
+        return self._extent(max(below)[1]) if below else None
+
+    def _failure(self, exc: BaseException, operation: str, key: str) -> Exception:
+        """Backpressure for what S3 may take later, DestinationError for the rest (see the module docstring)."""
+        # 409 ConditionalRequestConflict: a concurrent conditional write on the key; try again later.
+        conflict = (
+            isinstance(exc, botocore.exceptions.ClientError) and aws.error_code(exc) == "ConditionalRequestConflict"
+        )
+        if conflict or aws.is_transient(exc):
+            return self._pause(aws.error_text(exc), key)
+        return DestinationError(f"{self._label()} refused {operation} of {key}: {aws.error_text(exc)}")
 
     def _pause(self, why: str, key: str) -> SinkBackpressureError:
         retry_after = self._backpressure.next_delay()
@@ -192,15 +277,26 @@ def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
         settings.bucket,
         settings.prefix,
         compression=settings.compression,
+        max_rows=settings.max_batch_size,
         **options,
     )
+
+
+def checkpoint_size(max_batch_size: int) -> int:
+    """Messages per checkpoint at most: CHECKPOINT_OBJECTS full objects' worth (see the module docstring)."""
+    return max_batch_size * CHECKPOINT_OBJECTS
 
 
 def application(
     settings: S3SinkSettings, sink: S3JsonlSink, state_dir: Path, telemetry: SinkTelemetry | None = None
 ) -> Application:
-    """The sink's Quix application: checkpoints of MAX_BATCH_SIZE messages or MAX_BATCH_TIMEOUT seconds."""
-    plan = StreamPlan(STAGE, settings.consumer_group, settings.max_batch_size, settings.max_batch_timeout)
+    """The sink's Quix application: checkpoints of :func:`checkpoint_size` messages or MAX_BATCH_TIMEOUT seconds."""
+    plan = StreamPlan(
+        STAGE,
+        settings.consumer_group,
+        checkpoint_size(settings.max_batch_size),
+        settings.max_batch_timeout,
+    )
     return build_application(settings.kafka, plan, sink, state_dir=state_dir, telemetry=telemetry)
 
 

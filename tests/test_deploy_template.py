@@ -30,7 +30,7 @@ from crypto_live.cli import build_parser
 from crypto_live.settings import SERVICES as SETTINGS_OF
 from crypto_live.settings import DynamoSinkSettings, LogSettings, MonitoringSettings, S3SinkSettings, load, variables
 from processors import dynamo_sink, s3_sink
-from processors.s3_objects import batch_objects, event_hour
+from processors.s3_objects import Layout, by_hour, event_hour, make_object
 from producer import service as producer_service
 from tests.cfn_template import (
     FAKE_PARAMETERS,
@@ -213,9 +213,8 @@ def test_partition_projection_finds_every_object_the_s3_sink_writes_without_a_cr
     )
     events = [ticker(i, event_time=first_ms + i * 3_600_000 + 59_000) for i in range(30)]
     for compression in ("none", "gzip"):
-        objects = batch_objects(
-            enumerate(events), prefix=parameters["S3Prefix"], topic="t", partition=0, compression=compression
-        )
+        layout = Layout(parameters["S3Prefix"], "t", 0, max_rows=1000, compression=compression)
+        objects = [make_object(layout, hour, rows) for hour, rows in by_hour(enumerate(events)).items()]
         assert len(objects) == 30
         for obj in objects:
             hour = event_hour(events[obj.first_offset]["E"])

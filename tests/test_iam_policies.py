@@ -275,6 +275,18 @@ def recorded(recording_broker, aws_endpoint, tmp_path_factory):
             ),
         )
         kafka_calls["s3-sink"] = request_log.take(ignore_clients=[OBSERVER])
+        # A restart, as every deployment does: its first batch on a partition finds the
+        # object before it in the event's hour (ticker(1)'s, written by the run above).
+        stored_keys = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["KeyCount"]
+        poison.produce(kafka.topic, value=orjson.dumps(ticker(2)), key=b"BTCUSDT", partition=1)
+        assert poison.flush(10) == 0
+        aws_calls["s3-sink"] += _run_recorded(
+            "s3-sink",
+            envs["s3-sink"],
+            tmp,
+            lambda: s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["KeyCount"] > stored_keys,
+        )
+        kafka_calls["s3-sink"] |= request_log.take(ignore_clients=[OBSERVER])
 
         table = environments["dynamo-sink"]["DYNAMO_TABLE_NAME"]
         aws_calls["dynamo-sink"] = _run_recorded(

@@ -1,11 +1,12 @@
-"""Object keys, bodies and the crash-replay argument of the S3 sink, without any I/O."""
+"""Object keys, bodies and the cut of the S3 sink, without any I/O.
+
+The exactly-once argument (crash-replays and zombie writers) is checked in
+tests/test_s3_fencing.py against a fake store.
+"""
 
 from __future__ import annotations
 
 import gzip
-import random
-from collections import Counter
-from collections.abc import Callable
 
 import orjson
 import pytest
@@ -13,10 +14,15 @@ import pytest
 from processors.s3_objects import (
     GZIP_CONTENT_TYPE,
     JSONL_CONTENT_TYPE,
+    Extent,
+    Layout,
+    Progress,
     S3Object,
-    batch_objects,
     event_hour,
+    key_first_offset,
     object_key,
+    store_batch,
+    walk_hour,
 )
 
 HOUR_MS = 3_600_000
@@ -68,10 +74,11 @@ def test_event_hour_is_utc_and_exact_at_the_boundary():
 
 def test_body_holds_each_events_own_fields_one_per_line():
     events = [event(HOUR_22 + i, close=f"0.00{i}500000") for i in range(3)]
-    [obj] = batch_objects(list(enumerate(events, start=40)), prefix="p", topic="t", partition=1)
+    [obj] = batch_objects(list(enumerate(events, start=40)), partition=1)
     assert obj.body == b"".join(orjson.dumps(e) + b"\n" for e in events)
     assert lines(obj) == events  # decimal strings stay strings, field order kept
-    assert (obj.rows, obj.first_offset, obj.content_type) == (3, 40, JSONL_CONTENT_TYPE)
+    assert (obj.extent, obj.content_type) == (Extent(40, 42, 3), JSONL_CONTENT_TYPE)
+    assert obj.extent.metadata() == {"first-offset": "40", "last-offset": "42", "rows": "3"}
     assert obj.key.endswith("/t-00001-00000000000000000040.jsonl")
 
 
@@ -85,7 +92,7 @@ def test_a_batch_spanning_an_hour_becomes_one_object_per_hour():
         HOUR_22 + HOUR_MS + 5,
     ]
     items = [(offset, event(t)) for offset, t in zip([10, 11, 13, 14, 15], times, strict=True)]
-    first, second = batch_objects(items, prefix="p", topic="t", partition=0)
+    first, second = batch_objects(items)
     assert first.key == "p/dt=2023-11-14/hour=22/t-00000-00000000000000000010.jsonl"
     assert [e["E"] for e in lines(first)] == [times[0], times[1], times[3]]
     assert second.key == "p/dt=2023-11-14/hour=23/t-00000-00000000000000000013.jsonl"
@@ -94,9 +101,9 @@ def test_a_batch_spanning_an_hour_becomes_one_object_per_hour():
 
 def test_gzip_objects_are_byte_identical_when_written_again():
     items = [(i, event(HOUR_22 + i)) for i in range(50)]
-    [once] = batch_objects(items, prefix="p", topic="t", partition=0, compression="gzip")
-    [again] = batch_objects(items, prefix="p", topic="t", partition=0, compression="gzip")
-    [plain] = batch_objects(items, prefix="p", topic="t", partition=0)
+    [once] = batch_objects(items, compression="gzip")
+    [again] = batch_objects(items, compression="gzip")
+    [plain] = batch_objects(items)
     assert once.body == again.body
     assert gzip.decompress(once.body) == plain.body
     assert (once.key, once.content_type) == (plain.key + ".gz", GZIP_CONTENT_TYPE)
@@ -104,110 +111,71 @@ def test_gzip_objects_are_byte_identical_when_written_again():
 
 def test_unknown_compression_is_named():
     with pytest.raises(ValueError, match="'zip' is not one of none, gzip"):
-        batch_objects([], prefix="", topic="t", partition=0, compression="zip")
+        Layout(prefix="", topic="t", partition=0, max_rows=10, compression="zip")
 
 
-# --------------------------------------------------------------------------- crash replays
+def batch_objects(items: list[tuple[int, dict]], max_rows: int = 1000, **layout) -> list[S3Object]:
+    """The objects a writer creates for ``items`` on an empty store."""
+    created: list[S3Object] = []
 
-Writer = Callable[[list[tuple[int, dict]]], list[S3Object]]
+    def create(obj: S3Object) -> None:
+        created.append(obj)
 
-
-def hour_objects(batch: list[tuple[int, dict]]) -> list[S3Object]:
-    return batch_objects(batch, prefix="p", topic="t", partition=0)
-
-
-def put(store: dict[str, list[dict]], objects: list[S3Object]) -> None:
-    for obj in objects:
-        store[obj.key] = lines(obj)
+    layout = {"prefix": "p", "topic": "t", "partition": 0, **layout}
+    store_batch(items, Layout(max_rows=max_rows, **layout), Progress(), create, lambda hour, offset: None)
+    return created
 
 
-def stored_events(store: dict[str, list[dict]]) -> Counter:
-    return Counter(orjson.dumps(row) for rows in store.values() for row in rows)
+def test_a_batch_is_cut_into_full_objects_per_hour_and_the_rest_last():
+    times = [HOUR_22 + HOUR_MS - 7 + i for i in range(12)]  # 7 events of hour 22, then 5 of hour 23
+    items = [(100 + i, event(t)) for i, t in enumerate(times)]
+    objects = batch_objects(items, max_rows=3)
+    assert [(obj.hour.hour, obj.extent) for obj in objects] == [
+        (22, Extent(100, 102, 3)),
+        (22, Extent(103, 105, 3)),
+        (22, Extent(106, 106, 1)),
+        (23, Extent(107, 109, 3)),
+        (23, Extent(110, 111, 2)),
+    ]
+    assert [key_first_offset(obj.key) for obj in objects] == [100, 103, 106, 107, 110]
+    assert [row for obj in objects for row in lines(obj)] == [e for _, e in items]
 
 
-def expected_events(stream: list[dict | None]) -> Counter:
-    return Counter(orjson.dumps(e) for e in stream if e is not None)
+def test_a_taken_key_is_skipped_through_the_existing_objects_last_offset():
+    hour = event_hour(HOUR_22)
+    layout = Layout("p", "t", 0, max_rows=3)
+    rows = [(offset, event(HOUR_22 + offset)) for offset in range(10, 20)]
+    taken = {layout.key(hour, 10): Extent(10, 14, 5)}  # another writer's longer cut
+    created: list[Extent] = []
+
+    def create(obj: S3Object) -> Extent | None:
+        if obj.key in taken:
+            return taken[obj.key]
+        created.append(obj.extent)
+        return None
+
+    assert walk_hour(layout, hour, rows, -1, create) == 19
+    assert created == [Extent(15, 17, 3), Extent(18, 19, 2)]
+    # Standing inside the batch already (the object before it reached past its start):
+    created.clear()
+    assert walk_hour(layout, hour, rows, 16, create) == 19
+    assert created == [Extent(17, 19, 3)]
 
 
-def batch_of(stream: list[dict | None], start: int, end: int) -> list[tuple[int, dict]]:
-    """The valid events among offsets [start, end): poison messages (None) never reach the sink."""
-    return [(offset, stream[offset]) for offset in range(start, end) if stream[offset] is not None]
+def test_an_extent_that_does_not_fit_the_key_is_refused():
+    hour = event_hour(HOUR_22)
+    layout = Layout("p", "t", 0, max_rows=3)
+    rows = [(offset, event(HOUR_22 + offset)) for offset in range(10, 13)]
+    with pytest.raises(ValueError, match="records extent"):
+        walk_hour(layout, hour, rows, -1, lambda obj: Extent(9, 20, 12))
+    with pytest.raises(ValueError, match="expected metadata first-offset"):
+        Extent.from_metadata({"first-offset": "3"})
+    assert Extent.from_metadata({"first-offset": "3", "last-offset": "9", "rows": "4"}) == Extent(3, 9, 4)
 
 
-def test_an_abandoned_batch_is_overwritten_by_a_replay_cut_differently():
-    # Offsets 0-9; offset 4 is poison; offset 7 is a late event of hour 22 after hour 23 began.
-    stream: list[dict | None] = [event(HOUR_22 + HOUR_MS - 10 + i) for i in range(10)]
-    stream[4] = None
-    stream[7] = event(HOUR_22 + 5, symbol="ETHUSDT")
-    store: dict[str, list[dict]] = {}
-
-    put(store, hour_objects(batch_of(stream, 0, 10)))  # written, then kill -9 before the commit
-    for start, end in [(0, 3), (3, 8), (8, 10)]:  # after the restart: smaller batches
-        put(store, hour_objects(batch_of(stream, start, end)))
-    assert stored_events(store) == expected_events(stream)
-
-    store.clear()
-    put(store, hour_objects(batch_of(stream, 0, 3)))  # a small batch written, not committed
-    put(store, hour_objects(batch_of(stream, 0, 6)[:1]))  # its replay dies after one object
-    put(store, hour_objects(batch_of(stream, 0, 10)))  # then one big batch commits everything
-    assert stored_events(store) == expected_events(stream)
-
-
-def replay_with_crashes(
-    stream: list[dict | None], writer: Writer, max_batch: int, rng: random.Random
-) -> dict[str, list[dict]]:
-    """Run a sink over ``stream`` that crashes at random points and resumes at the committed offset.
-
-    Each attempt cuts a batch of a random length (count or time trigger) from the committed
-    offset, writes its objects in order, and may die before any object or before the commit.
-    """
-    store: dict[str, list[dict]] = {}
-    committed = 0
-    while committed < len(stream):
-        end = min(len(stream), committed + rng.randint(1, max_batch))
-        objects = writer(batch_of(stream, committed, end))
-        assert all(obj.rows <= max_batch for obj in objects)
-        if rng.random() < 0.4:  # crash: some objects were written, the offset is not committed
-            put(store, objects[: rng.randint(0, len(objects))])
-            continue
-        put(store, objects)
-        committed = end
-    return store
-
-
-def random_stream(rng: random.Random, length: int) -> list[dict | None]:
-    """Events around an hour boundary, a few late ones and a few poison messages (None)."""
-    stream: list[dict | None] = []
-    clock = HOUR_22 + HOUR_MS - length * 50
-    for _ in range(length):
-        clock += rng.randint(0, 150)
-        roll = rng.random()
-        if roll < 0.08:
-            stream.append(None)
-        elif roll < 0.2:
-            stream.append(event(clock - rng.randint(0, 3_000), symbol="LATEUSDT"))
-        else:
-            stream.append(event(clock))
-    return stream
-
-
-def test_every_event_is_stored_exactly_once_whatever_the_crashes_and_cuts():
-    for seed in range(300):
-        rng = random.Random(seed)
-        stream = random_stream(rng, rng.randint(1, 60))
-        store = replay_with_crashes(stream, hour_objects, max_batch=rng.randint(1, 12), rng=rng)
-        assert stored_events(store) == expected_events(stream), f"seed {seed}"
-
-
-def test_the_replay_check_catches_a_naming_that_is_not_crash_safe():
-    """Chunking a batch into fixed-size objects named by their first offset loses idempotence."""
-
-    def chunked(batch: list[tuple[int, dict]]) -> list[S3Object]:
-        return [obj for i in range(0, len(batch), 3) for obj in hour_objects(batch[i : i + 3])]
-
-    outcomes = set()
-    for seed in range(50):
-        rng = random.Random(seed)
-        stream = random_stream(rng, 40)
-        outcomes.add(stored_events(replay_with_crashes(stream, chunked, 12, rng)) == expected_events(stream))
-    assert False in outcomes
+def test_progress_is_used_only_for_the_batch_right_after_it():
+    hour = event_hour(HOUR_22)
+    progress = Progress().after(41, {hour: 45})
+    assert progress.known(hour, 42) == 45
+    assert progress.known(hour, 43) is None  # a gap: a rebalance may lie in between
+    assert progress.known(event_hour(HOUR_22 + HOUR_MS), 42) is None

@@ -26,7 +26,16 @@ from crypto_live.settings import S3SinkSettings, load
 from processors.s3_objects import GZIP_CONTENT_TYPE, JSONL_CONTENT_TYPE
 from processors.s3_sink import STAGE, S3JsonlSink, application, jsonl_sink, run
 from processors.stream import backpressure_backoff, state_directory
-from tests.factories import committed, publish, run_app_until, run_service, sink_batch, ticker
+from tests.factories import (
+    assert_exactly_once,
+    committed,
+    key_of,
+    publish,
+    run_app_until,
+    run_service,
+    sink_batch,
+    ticker,
+)
 from tests.helpers import cli_env, read_topic, run_cli, start_cli, wait_for
 from tests.proxy import TcpGate
 
@@ -151,9 +160,9 @@ def test_a_quiet_stream_is_flushed_by_time_without_a_newer_message(kafka_env, s3
 
 
 def test_a_batch_across_an_hour_boundary_becomes_one_object_per_hour(kafka_env, s3, bucket):
-    # 12 events, one full batch: 7 before 23:00, 4 after, and a late 22:59 event after those.
+    # 12 events in one batch: 7 before 23:00, 4 after, and a late 22:59 event after those.
     settings = sink_settings(
-        kafka_env, bucket, MAX_BATCH_SIZE="12", MAX_BATCH_TIMEOUT="60", KAFKA_TOPIC_PARTITIONS="1", S3_JSONL_DIR_PATH=""
+        kafka_env, bucket, MAX_BATCH_SIZE="12", MAX_BATCH_TIMEOUT="1", KAFKA_TOPIC_PARTITIONS="1", S3_JSONL_DIR_PATH=""
     )
     times = [NEXT_HOUR - 7 + n for n in range(7)] + [NEXT_HOUR + n for n in range(4)] + [NEXT_HOUR - 1_000]
     events = [ticker(n, event_time=t) for n, t in enumerate(times)]
@@ -219,7 +228,7 @@ def test_gzip_on_request_writes_jsonl_gz_that_decompresses_to_the_lines(kafka_en
 
 
 def test_plain_objects_are_declared_ndjson(kafka_env, s3, bucket):
-    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="3", MAX_BATCH_TIMEOUT="60", KAFKA_TOPIC_PARTITIONS="1")
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="3", MAX_BATCH_TIMEOUT="1", KAFKA_TOPIC_PARTITIONS="1")
     publish(settings.kafka, [ticker(n) for n in range(3)])
     run_sink(settings, until_rows(s3, bucket, 3))
     [key] = stored(s3, bucket)
@@ -256,7 +265,7 @@ def test_denied_access_is_refused_naming_the_bucket_and_the_permissions():
         with pytest.raises(BucketSetupError) as raised:
             S3JsonlSink(client, "their-bucket", "raw").setup()
     assert str(raised.value).startswith("access to S3 bucket 'their-bucket' is denied (region ap-southeast-1")
-    assert "s3:PutObject on raw/*" in str(raised.value)
+    assert "s3:PutObject and s3:GetObject on raw/*" in str(raised.value)
 
 
 # --------------------------------------------------------------------------- S3 failures
@@ -271,8 +280,11 @@ def test_transient_s3_errors_become_backpressure_that_grows_to_its_cap_and_reset
     sink = S3JsonlSink(client, "b", "p", backpressure=Backoff(lambda: exponential(1.0, 3.0)))
     delays = []
     with Stubber(client) as stub:
+        # Each write that starts a partition's chain first lists its hour (here: empty).
         for code, status in [("SlowDown", 503), ("InternalError", 500), ("ServiceUnavailable", 503), ("Busy", 502)]:
+            stub.add_response("list_objects_v2", {"KeyCount": 0})
             stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+        stub.add_response("list_objects_v2", {"KeyCount": 0})
         stub.add_response("put_object", {})
         stub.add_client_error("put_object", service_error_code="SlowDown", http_status_code=503)
         for n in range(6):
@@ -311,6 +323,7 @@ def test_s3_errors_waiting_cannot_fix_stop_the_sink_naming_the_bucket(code, stat
     client = offline_s3()
     sink = S3JsonlSink(client, "their-bucket", "raw")
     with Stubber(client) as stub, pytest.raises(DestinationError) as raised:
+        stub.add_response("list_objects_v2", {"KeyCount": 0})
         stub.add_client_error("put_object", service_error_code=code, service_message="no", http_status_code=status)
         sink.write(one_event_batch(7))
     assert str(raised.value).startswith("S3 bucket 'their-bucket' (region ap-southeast-1")
@@ -428,3 +441,70 @@ def test_a_bucket_deleted_mid_run_ends_the_command_with_exit_1_and_one_line(kafk
     assert last.startswith(f"crypto-live s3-sink: S3 bucket {bucket!r} (region {REGION}"), last
     assert "NoSuchBucket" in last
     assert committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [20]
+
+
+# --------------------------------------------------------------------------- zombies, full objects
+
+
+def test_a_zombie_writing_its_old_batch_after_the_new_owner_stores_nothing_twice(s3, bucket):
+    """Instance A froze on its batch [0, 100) past its session timeout; B took the partition
+    over, wrote different cuts and committed; A resumes and writes its batch; B goes on, and
+    a restarted instance C starts from B's last commit, inside an object A wrote."""
+    events = [ticker(n) for n in range(130)]
+
+    def batch(start: int, end: int):
+        return sink_batch(events[start:end], topic="ticks", first_offset=start)
+
+    def sink() -> S3JsonlSink:
+        return S3JsonlSink(boto3.client("s3", region_name=REGION), bucket, "raw", max_rows=30)
+
+    a, b, c = sink(), sink(), sink()
+    b.write(batch(0, 45))  # objects [0..29], [30..44]; commits 45
+    b.write(batch(45, 70))  # [45..69]; commits 70
+    a.write(batch(0, 100))  # the zombie: finds B's three objects, writes [70..99]; its commit is refused
+    b.write(batch(70, 85))  # finds A's [70..99]: nothing to write; commits 85
+    c.write(batch(85, 130))  # a restart at 85: the object before it reaches 99, so [100..129]
+
+    objects = stored(s3, bucket)
+    assert_exactly_once([key_of(row) for row in all_rows(objects)], map(key_of, events))
+    assert sorted((first_offset(key), len(rows)) for key, rows in objects.items()) == [
+        (0, 30),
+        (30, 15),
+        (45, 25),
+        (70, 30),
+        (100, 30),
+    ]
+    assert (a.objects_written, a.objects_found, b.objects_found, c.objects_written) == (1, 3, 1, 1)
+    head = s3.head_object(Bucket=bucket, Key=next(key for key in objects if first_offset(key) == 70))
+    assert head["Metadata"] == {"first-offset": "70", "last-offset": "99", "rows": "30"}
+
+
+def test_an_object_the_sink_did_not_write_is_reported_not_overwritten(s3, bucket):
+    sink = S3JsonlSink(boto3.client("s3", region_name=REGION), bucket, "raw", max_rows=30)
+    key = "raw/dt=2023-11-14/hour=22/ticks-00000-00000000000000000000.jsonl"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"someone else's\n")
+    with pytest.raises(DestinationError, match=f"holds {key}, which the sink did not write and will not overwrite"):
+        sink.write(sink_batch([ticker(0)], topic="ticks"))
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"someone else's\n"
+
+
+def test_objects_fill_up_to_max_batch_size_with_several_busy_partitions(kafka_env, s3, bucket):
+    # Before: a checkpoint of MAX_BATCH_SIZE messages across the three partitions, objects of about 7 rows.
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="20", MAX_BATCH_TIMEOUT="3", KAFKA_TOPIC_PARTITIONS="3")
+    symbols = ["BTCUSDT", "ETHUSDT", "BNBBTC"]
+    events = [ticker(n, symbol=symbols[n % 3]) for n in range(1200)]
+
+    def steady_load():
+        # All three partitions busy at once, as live: a backlog would be fetched a partition at a time.
+        for start in range(0, len(events), 12):
+            publish(settings.kafka, events[start : start + 12], partition_of=lambda e: symbols.index(e["s"]))
+            time.sleep(0.005)  # the stream's pace, not a wait for a condition
+        until_rows(s3, bucket, len(events))()
+
+    run_sink(settings, steady_load)
+
+    objects = stored(s3, bucket)
+    assert identities(all_rows(objects)) == identities(events)
+    sizes = Counter(len(rows) for rows in objects.values())
+    assert max(sizes) == 20
+    assert sizes[20] * 20 >= 0.75 * len(events), sizes  # measured: 87 %; before: 50 %
