@@ -408,7 +408,7 @@ class S3SinkSettings:
         "MAX_BATCH_SIZE",
         "1000",
         p.whole(1, 1_000_000),
-        "Rows per JSONL object at most; a full batch is written at once.",
+        "Rows per JSONL object at most; at steady load objects fill up to it.",
     )
     max_batch_timeout: float = var(
         "MAX_BATCH_TIMEOUT", "10", p.seconds, "Seconds an event waits at most before its batch is written."
