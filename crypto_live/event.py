@@ -40,7 +40,7 @@ FIELDS: dict[str, str] = {
 }
 DECIMAL_FIELDS = ("c", "o", "h", "l", "v", "q")
 
-_DECIMAL = re.compile(r"\d+(\.\d+)?")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII only: \d would match any Unicode digit (Arabic-Indic, full-width…)
 # Event times outside [2017-01-01, 2100-01-01) are not milliseconds from this exchange
 # (seconds or microseconds would land outside), so they are rejected rather than stored.
 _MIN_EVENT_MS = 1_483_228_800_000

@@ -53,7 +53,9 @@ class Frame:
 
 def parse_frame(raw: bytes | str) -> Frame:
     """Parse one websocket text (or binary) frame; see the module docstring."""
-    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    # surrogatepass: text holding a lone surrogate becomes bytes that are not UTF-8, which
+    # the JSON parser then rejects, instead of raising here.
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

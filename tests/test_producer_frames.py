@@ -114,3 +114,9 @@ def test_empty_array_holds_nothing():
 def test_stream_name_with_braces_does_not_break_reasons():
     [rejected] = parse_frame(dumps({"stream": "{0}", "data": [1]})).rejected
     assert rejected.reason.startswith("item 1 of 1 (stream '{0}'):")
+
+
+def test_text_with_a_lone_surrogate_is_rejected_as_not_json_instead_of_raising():
+    frame = parse_frame('{"e": "24hrMiniTicker", "s": "\ud800"}')
+    assert frame.not_json and not frame.events
+    assert frame.rejected[0].reason.startswith("not JSON")
