@@ -67,6 +67,8 @@ from typing import Any
 
 import orjson
 
+from crypto_live.errors import DestinationError
+
 JSONL_CONTENT_TYPE = "application/x-ndjson"
 # A .jsonl.gz object IS a gzip file: readers (aws s3 cp, Athena, Spark, pandas) go by the
 # .gz suffix. Declaring it as x-ndjson with Content-Encoding: gzip instead would make
@@ -217,8 +219,9 @@ def next_object(layout: Layout, hour: datetime, rows: Sequence[Row], stored_thro
     return make_object(layout, hour, rest) if rest else None
 
 
-class ForeignObjectError(ValueError):
-    """A key the sink needs holds an object whose extent does not fit the chain."""
+class ForeignObjectError(DestinationError):
+    """A key the sink needs holds an object whose extent does not fit the chain: it was not
+    written by this scheme, and is never overwritten."""
 
 
 #: Create an object unless its key exists: None when created, else the existing object's extent.

@@ -210,7 +210,7 @@ def recorded_clients(monkeypatch) -> dict[str, dict[str, Any]]:
         configs["quix admin"] = config
         raise _Recorded  # the application is built up to its first topic look-up
 
-    class Application(processors.stream.Application):
+    class Application(processors.stream.SinkApplication):
         def __init__(self, **kwargs: Any):
             super().__init__(**kwargs)
             configs["quix consumer"] = self._consumer._consumer_config
@@ -223,7 +223,7 @@ def recorded_clients(monkeypatch) -> dict[str, dict[str, Any]]:
     monkeypatch.setattr(producer.publisher, "Producer", record_producer)
     monkeypatch.setattr(crypto_live.kafka, "AdminClient", TopicAdmin)
     monkeypatch.setattr(quixstreams.models.topics.admin, "AdminClient", quix_admin)
-    monkeypatch.setattr(processors.stream, "Application", Application)
+    monkeypatch.setattr(processors.stream, "SinkApplication", Application)
     monkeypatch.setattr(crypto_live.observer, "Consumer", observer_consumer)
     return configs
 

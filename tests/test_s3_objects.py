@@ -15,6 +15,7 @@ from processors.s3_objects import (
     GZIP_CONTENT_TYPE,
     JSONL_CONTENT_TYPE,
     Extent,
+    ForeignObjectError,
     Layout,
     Progress,
     S3Object,
@@ -166,7 +167,7 @@ def test_an_extent_that_does_not_fit_the_key_is_refused():
     hour = event_hour(HOUR_22)
     layout = Layout("p", "t", 0, max_rows=3)
     rows = [(offset, event(HOUR_22 + offset)) for offset in range(10, 13)]
-    with pytest.raises(ValueError, match="records extent"):
+    with pytest.raises(ForeignObjectError, match="records extent"):
         walk_hour(layout, hour, rows, -1, lambda obj: Extent(9, 20, 12))
     with pytest.raises(ValueError, match="expected metadata first-offset"):
         Extent.from_metadata({"first-offset": "3"})
