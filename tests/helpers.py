@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -98,3 +99,47 @@ def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 60) -> sub
         text=True,
         timeout=timeout,
     )
+
+
+class CliProcess:
+    """A `crypto-live ARGS` child whose stdout and stderr lines are collected as they come
+    (a reader thread per stream, so a full pipe never blocks the child)."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str]):
+        self.process = start_cli(args, env)
+        self.lines: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (self.process.stdout, self.process.stderr)
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, signal_number: int, timeout: float = 40) -> int:
+        """Send ``signal_number`` and wait for the exit status (killed if it does not come)."""
+        try:
+            self.process.send_signal(signal_number)
+            return self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            for reader in self._readers:
+                reader.join(5)
+
+    def kill(self) -> None:
+        """kill -9: no flush, no commit."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

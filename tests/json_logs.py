@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 
 from crypto_live import logs
-from tests.helpers import start_cli
+from tests.helpers import CliProcess
 
 #: The EMF document structure (CloudWatch_Embedded_Metric_Format_Specification), as a schema.
 EMF_SCHEMA: dict[str, Any] = {
@@ -142,50 +142,13 @@ def metrics_of(records: Iterable[dict[str, Any]]) -> list[dict[str, float]]:
     return [assert_emf(record) for record in records if "_aws" in record]
 
 
-class JsonLogProcess:
-    """A `crypto-live COMMAND` child whose stdout and stderr lines are collected as they come."""
-
-    def __init__(self, args: list[str], env: dict[str, str]):
-        self.process = start_cli(args, env)
-        self.lines: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read, args=(stream,), daemon=True)
-            for stream in (self.process.stdout, self.process.stderr)
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, stream: Any) -> None:
-        for line in stream:
-            self.lines.append(line)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        return "".join(self.lines)
+class JsonLogProcess(CliProcess):
+    """A `crypto-live COMMAND` child whose output lines are JSON log records."""
 
     def records(self) -> list[dict[str, Any]]:
         """The complete lines so far, parsed (a line being written is left for later)."""
         complete = [line for line in list(self.lines) if line.endswith("\n")]
         return [json.loads(line) for line in complete]
-
-    def stop(self, signal_number: int, timeout: float = 40) -> int:
-        try:
-            self.process.send_signal(signal_number)
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            for reader in self._readers:
-                reader.join(5)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -15,51 +14,27 @@ from crypto_live.settings import KafkaSettings, load
 from processors.s3_sink import STAGE
 from tests import test_s3_sink as in_process
 from tests.factories import committed, publish, ticker
-from tests.helpers import cli_env, read_topic, start_cli, wait_for
+from tests.helpers import CliProcess, cli_env, read_topic, wait_for
 from tests.test_s3_sink import NEXT_HOUR, all_rows, first_offset, identities, key_count, stored
 
 s3, bucket = in_process.s3, in_process.bucket  # the same fixtures
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBBTC", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT"]
 
 
-class SinkProcess:
+class SinkProcess(CliProcess):
     """One `crypto-live s3-sink` child; its log lines are collected as they come."""
 
     def __init__(self, env: dict[str, str]):
-        self.process = start_cli(["s3-sink"], env)
-        self.lines: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read, args=(stream,), daemon=True)
-            for stream in (self.process.stdout, self.process.stderr)
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append(line)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
+        super().__init__(["s3-sink"], env)
 
     def written_keys(self) -> list[str]:
         return [m.group(1) for line in self.lines if (m := re.search(r" wrote s3://[^/]+/(\S+) \(", line))]
 
     def log(self) -> str:
-        return "".join(self.lines)[-4000:]
-
-    def kill(self) -> None:
-        """kill -9: no flush, no commit."""
-        self.process.kill()
-        self.process.wait(10)
+        return self.output()[-4000:]
 
     def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return code
+        return self.stop(signal.SIGTERM, timeout)
 
 
 @pytest.fixture
