@@ -10,13 +10,11 @@ are forwarded unchanged both ways.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from crypto_live.embedded import free_port
+from tests.proxy import TcpGate
 
 #: Kafka API keys by number (the public protocol's numbering), for the APIs clients send.
 API_NAMES = {
@@ -61,34 +59,21 @@ API_NAMES = {
 
 
 class KafkaRequestLog:
-    """Forwards loopback connections on :attr:`port` to ``target_port``, noting
-    ``(client_id, api name)`` of every request the clients send."""
+    """Forwards loopback connections on :attr:`port` to ``target_port`` (a :class:`TcpGate`),
+    noting ``(client_id, api name)`` of every request the clients send."""
 
     def __init__(self, target_port: int):
-        self.port = free_port()
-        self._target = target_port
+        self._gate = TcpGate(target_port, observe=self._connection)
+        self.port = self._gate.port
         self._requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self._running = threading.Event()
-        self._acceptor: threading.Thread | None = None
-        self._sockets: list[socket.socket] = []
 
     def start(self) -> KafkaRequestLog:
-        server = socket.create_server(("127.0.0.1", self.port))
-        server.settimeout(0.05)
-        self._running.set()
-        self._acceptor = threading.Thread(target=self._accept, args=(server,), daemon=True)
-        self._acceptor.start()
+        self._gate.open()
         return self
 
     def stop(self) -> None:
-        self._running.clear()
-        if self._acceptor is not None:
-            self._acceptor.join()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        self._gate.close()
 
     def __enter__(self) -> KafkaRequestLog:
         return self.start()
@@ -103,29 +88,15 @@ class KafkaRequestLog:
             taken, self._requests = self._requests, []
         return {api for client, api in taken if client not in ignored}
 
-    def _accept(self, server: socket.socket) -> None:
-        with server:
-            while self._running.is_set():
-                try:
-                    client, _ = server.accept()
-                except TimeoutError:
-                    continue
-                upstream = socket.create_connection(("127.0.0.1", self._target))
-                with self._lock:
-                    self._sockets += [client, upstream]
-                threading.Thread(target=self._requests_pump, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    def _requests_pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _connection(self) -> Callable[[bytes], None]:
+        """What sees one connection's request bytes: frames may span chunks, so it keeps the rest."""
         pending = b""
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-                pending = self._note_frames(pending + data)
-        except OSError:
-            pass
-        finally:
-            _close(source, target)
+
+        def seen(data: bytes) -> None:
+            nonlocal pending
+            pending = self._note_frames(pending + data)
+
+        return seen
 
     def _note_frames(self, buffer: bytes) -> bytes:
         """Note every complete request frame in ``buffer``; return the incomplete rest."""
@@ -141,19 +112,3 @@ class KafkaRequestLog:
             with self._lock:
                 self._requests.append((client_id, API_NAMES.get(api_key, f"api key {api_key}")))
         return buffer
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(source, target)
-
-
-def _close(*sockets: socket.socket) -> None:
-    for sock in sockets:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()

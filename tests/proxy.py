@@ -5,16 +5,25 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 from crypto_live.embedded import free_port
 
+#: Makes, for each accepted connection, the function that sees every chunk its client sends.
+Observer = Callable[[], Callable[[bytes], None]]
+
 
 class TcpGate:
-    """A loopback TCP forwarder to ``target_port`` that can refuse connections for a while (an outage)."""
+    """A loopback TCP forwarder to ``target_port`` that can refuse connections for a while (an outage).
 
-    def __init__(self, target_port: int):
+    ``observe``, when given, is called once per accepted connection; the function it returns
+    sees every chunk the client sends, in order, before it is forwarded unchanged.
+    """
+
+    def __init__(self, target_port: int, *, observe: Observer | None = None):
         self.port = free_port()
         self._target = target_port
+        self._observe = observe
         self._listening = threading.Event()
         self._acceptor: threading.Thread | None = None
         self._connections: list[socket.socket] = []
@@ -51,12 +60,21 @@ class TcpGate:
                 with self._lock:
                     self._connections += [client, upstream]
                 pumps_left = [2]
-                for source, target in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(source, target, pumps_left), daemon=True).start()
+                requests = self._observe() if self._observe is not None else None
+                for source, target, seen in ((client, upstream, requests), (upstream, client, None)):
+                    threading.Thread(target=self._pump, args=(source, target, pumps_left, seen), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, pumps_left: list[int]) -> None:
+    def _pump(
+        self,
+        source: socket.socket,
+        target: socket.socket,
+        pumps_left: list[int],
+        seen: Callable[[bytes], None] | None,
+    ) -> None:
         try:
             while data := source.recv(65536):
+                if seen is not None:
+                    seen(data)
                 target.sendall(data)
         except OSError:
             pass
