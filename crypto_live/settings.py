@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from crypto_live import binance
 from crypto_live import parsers as p
 from crypto_live.errors import SettingsError
 
@@ -372,7 +373,8 @@ class ProducerSettings:
     )
     max_connection_age: float = var(
         "PRODUCER_MAX_CONNECTION_AGE",
-        "82800",
+        # An hour before Binance's own cut: the reconnect is ours, at a moment we choose.
+        f"{binance.MAX_CONNECTION_AGE - 3600:.0f}",
         p.seconds,
         "Reconnect on our own schedule after this many seconds (Binance cuts connections at 24 h).",
     )
