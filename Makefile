@@ -35,8 +35,9 @@ run: $(STAMP)  ## the whole pipeline on embedded defaults (Ctrl-C stops it)
 simulate: $(STAMP)  ## the market simulator alone, on ws://127.0.0.1:8765
 	$(BIN)/crypto-live simulate $(ARGS)
 
-test: $(STAMP) $(CHECKOV_STAMP)  ## the whole test suite
-	$(BIN)/python -m pytest $(ARGS)
+# Four workers on any machine: most cases wait on servers and timeouts, not on a CPU.
+test: $(STAMP) $(CHECKOV_STAMP)  ## the whole test suite, fault cases included (4 pytest-xdist workers)
+	$(BIN)/python -m pytest -n 4 $(ARGS)
 
 lint: $(STAMP)  ## ruff's lint and format checks, then mypy (strict) on the three packages
 	$(BIN)/ruff check .

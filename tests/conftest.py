@@ -15,6 +15,7 @@ import pytest
 
 from crypto_live.embedded import EmbeddedAws, EmbeddedBroker, emulator_environment
 from crypto_live.logs import silence_authlib_httpx_warning
+from tests import figures
 
 # quixstreams pulls in authlib, which warns about its own dependency when imported: import
 # it once here, with that warning off, so it does not show in every run's summary.
@@ -81,3 +82,24 @@ def kafka_env(broker, unique):
 @pytest.fixture
 def aws_env(aws_endpoint):
     return {**emulator_environment(aws_endpoint), "REGION": "ap-southeast-1"}
+
+
+# --------------------------------------------------------------------------- fault figures
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        figures.reset()
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = figures.table()
+    if lines:
+        terminalreporter.section(f"fault figures ({figures.FIGURES_PATH})")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_collection_modifyitems(items):
+    """Long cases first, so that pytest-xdist's workers do not end the run waiting on one."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
