@@ -15,7 +15,7 @@ CHECKOV_VENV  ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_LOCK  := constraints-checkov.txt
 
-.PHONY: run simulate test lint bench lock clean checkov
+.PHONY: run simulate test lint bench soak lock clean checkov
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ lint: $(STAMP)  ## ruff's lint and format checks, then mypy (strict) on the thre
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+SOAK_MINUTES ?= 10
+SOAK_RATE    ?= 10000
+# Opt-in, outside `make test`: the figures go to bench/soak.json and bench/soak.md.
+soak: $(STAMP)  ## the whole pipeline for SOAK_MINUTES (10) at SOAK_RATE (10000) events/s: fails if anything is lost or doubled or a service's RSS grows 10 % after warm-up
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) $(ARGS)
 
 lock:  ## resolve the newest versions pyproject.toml allows into constraints.txt
 	rm -rf .venv-lock

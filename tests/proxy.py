@@ -1,10 +1,11 @@
-"""A loopback TCP forwarder that can cut and refuse connections: an outage on demand."""
+"""A loopback TCP forwarder that can cut and refuse connections, or hold answers: an outage on demand."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from crypto_live.embedded import free_port
@@ -18,12 +19,17 @@ class TcpGate:
 
     ``observe``, when given, is called once per accepted connection; the function it returns
     sees every chunk the client sends, in order, before it is forwarded unchanged.
+
+    ``delay`` (seconds, 0 by default) makes a slow endpoint: every chunk of an answer
+    (upstream to client) that arrives while it is set is held that long before it is
+    forwarded. Requests still reach the target at once, so it acts on them.
     """
 
     def __init__(self, target_port: int, *, observe: Observer | None = None):
         self.port = free_port()
         self._target = target_port
         self._observe = observe
+        self.delay = 0.0
         self._listening = threading.Event()
         self._acceptor: threading.Thread | None = None
         self._connections: list[socket.socket] = []
@@ -61,8 +67,13 @@ class TcpGate:
                     self._connections += [client, upstream]
                 pumps_left = [2]
                 requests = self._observe() if self._observe is not None else None
-                for source, target, seen in ((client, upstream, requests), (upstream, client, None)):
-                    threading.Thread(target=self._pump, args=(source, target, pumps_left, seen), daemon=True).start()
+                for source, target, seen, answers in (
+                    (client, upstream, requests, False),
+                    (upstream, client, None, True),
+                ):
+                    threading.Thread(
+                        target=self._pump, args=(source, target, pumps_left, seen, answers), daemon=True
+                    ).start()
 
     def _pump(
         self,
@@ -70,11 +81,14 @@ class TcpGate:
         target: socket.socket,
         pumps_left: list[int],
         seen: Callable[[bytes], None] | None,
+        answers: bool,
     ) -> None:
         try:
             while data := source.recv(65536):
                 if seen is not None:
                     seen(data)
+                if answers and (held := self.delay) > 0:
+                    time.sleep(held)  # a slow endpoint: nothing to wait for but the clock
                 target.sendall(data)
         except OSError:
             pass

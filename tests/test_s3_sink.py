@@ -37,7 +37,6 @@ from tests.factories import (
     ticker,
 )
 from tests.helpers import cli_env, read_topic, run_cli, start_cli, wait_for
-from tests.proxy import TcpGate
 
 REGION = "ap-southeast-1"
 HOUR_MS = 3_600_000
@@ -331,43 +330,6 @@ def test_s3_errors_waiting_cannot_fix_stop_the_sink_naming_the_bucket(code, stat
         raised.value
     )
     assert (sink.objects_written, sink.backpressures) == (0, 0)
-
-
-def test_an_s3_outage_is_ridden_out_and_every_event_lands_exactly_once(
-    kafka_env, s3, bucket, aws_endpoint, monkeypatch
-):
-    gate = TcpGate(int(aws_endpoint.rsplit(":", 1)[1]))
-    gate.open()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)  # only the sink goes through the gate
-    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="40", MAX_BATCH_TIMEOUT="0.5")
-    sink = jsonl_sink(settings)  # production backoff and timeouts
-    events = [ticker(n, symbol=symbol) for n in range(150) for symbol in ("BTCUSDT", "ETHUSDT", "BNBBTC")]
-    outage = 61.0  # the sink must ride out an outage of at least a minute
-
-    def scenario():
-        feeding = threading.Thread(
-            target=lambda: [
-                (publish(settings.kafka, events[i : i + 30]), time.sleep(0.1)) for i in range(0, len(events), 30)
-            ]
-        )
-        feeding.start()
-        wait_for(lambda: key_count(s3, bucket) >= 2, 30, what="objects before the outage")
-        gate.close()
-        wait_for(lambda: sink.backpressures >= 1, 10, what="the sink to notice the outage")
-        time.sleep(outage)  # the outage itself: nothing to wait for but the clock
-        assert sink.backpressures >= 2
-        gate.open()
-        feeding.join()
-        until_rows(s3, bucket, len(events), timeout=60)()
-
-    try:
-        run_sink(settings, scenario, sink)
-    finally:
-        gate.close()
-
-    rows = all_rows(stored(s3, bucket))
-    assert identities(rows) == identities(events)
-    assert max(len(r) for r in stored(s3, bucket).values()) <= 40
 
 
 # --------------------------------------------------------------------------- a bucket deleted mid-run
