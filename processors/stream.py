@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,25 +126,52 @@ LOST_MEMBERSHIP = frozenset(
 )
 
 
+#: Commit failures that say nothing about the batch or the membership, only that the group
+#: coordinator cannot be reached now: the broker is gone, restarting or moving the group.
+COORDINATOR_UNREACHABLE = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
 def lost_membership(error: KafkaError) -> bool:
     """Whether a refused commit means the group no longer counts this consumer in (pure)."""
     return error.code() in LOST_MEMBERSHIP
 
 
+def coordinator_unreachable(error: KafkaError) -> bool:
+    """Whether a failed commit only means the group coordinator cannot be reached now (pure)."""
+    return error.code() in COORDINATOR_UNREACHABLE
+
+
 @dataclasses.dataclass
 class _RejoiningContext(ProcessingContext):
-    """Quix's processing context, except that a checkpoint whose commit the group refuses
-    for lost membership is dropped (``on_refused`` is told why) instead of raised."""
+    """Quix's processing context, except that a checkpoint whose commit fails for lost
+    membership (``on_refused``) or an unreachable coordinator (``on_unreachable``) is
+    dropped, the callback told why, instead of raised. Its batch is already stored."""
 
     on_refused: Callable[[str], None] = lambda cause: None
+    on_unreachable: Callable[[str], None] = lambda cause: None
 
     def commit_checkpoint(self, force: bool = False, revoking: bool = False) -> None:
         try:
             super().commit_checkpoint(force=force, revoking=revoking)
         except CheckpointConsumerCommitError as exc:
-            if not lost_membership(exc.error):
+            if lost_membership(exc.error):
+                self.on_refused(f"commit refused: {exc.description}")
+            elif coordinator_unreachable(exc.error):
+                self.on_unreachable(exc.description)
+            else:
                 raise
-            self.on_refused(f"commit refused: {exc.description}")
 
     def drop_checkpoint(self) -> None:
         """Forget the open checkpoint without committing: its offsets, and the batches the
@@ -151,6 +179,11 @@ class _RejoiningContext(ProcessingContext):
         for sink in self.sink_manager.sinks:
             sink.on_paused()  # type: ignore[no-untyped-call]  # Quix leaves these unannotated
         self.init_checkpoint()  # type: ignore[no-untyped-call]
+
+
+#: Seconds between two warnings that commits fail for an unreachable coordinator (an outage
+#: would otherwise log one per batch).
+UNREACHABLE_WARNING_EVERY = 60.0
 
 
 class SinkApplication(Application):
@@ -166,6 +199,11 @@ class SinkApplication(Application):
     replay; whatever the dropped checkpoint flushed before its commit was refused is
     rewritten the same way.
 
+    A commit that fails because the group coordinator cannot be reached (the broker is
+    gone or restarting) is dropped the same way, with one warning per outage: the batch is
+    stored, the consumer keeps its place, and the next commit that goes through covers it
+    (a restart before then replays it, which the writes also allow).
+
     Only at-least-once processing is supported (no transaction to abort).
     """
 
@@ -174,9 +212,23 @@ class SinkApplication(Application):
         quix = self._processing_context
         fields = {field.name: getattr(quix, field.name) for field in dataclasses.fields(quix) if field.init}
         # Replaced before any dataframe exists: every part of the app shares this one.
-        self._rejoining_context = _RejoiningContext(**fields, on_refused=self._lost_membership)
+        self._rejoining_context = _RejoiningContext(
+            **fields, on_refused=self._lost_membership, on_unreachable=self._coordinator_unreachable
+        )
         self._processing_context = self._rejoining_context
         self._rejoining = False  # the warning was logged for this loss; cleared by the next assignment
+        self._unreachable_warned = -UNREACHABLE_WARNING_EVERY  # monotonic time of the last warning
+
+    def _coordinator_unreachable(self, cause: str) -> None:
+        now = time.monotonic()
+        if now - self._unreachable_warned >= UNREACHABLE_WARNING_EVERY:
+            self._unreachable_warned = now
+            log.warning(
+                "cannot commit: the group coordinator is unreachable (%s); the batch is stored, "
+                "and its offsets will be committed with the next batch once the broker answers",
+                cause,
+            )
+        self._rejoining_context.drop_checkpoint()
 
     def _lost_membership(self, cause: str) -> None:
         if not self._rejoining:

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from crypto_live.settings import KafkaSettings, load
 from processors.s3_sink import STAGE, application, jsonl_sink
-from processors.stream import lost_membership, state_directory
+from processors.stream import coordinator_unreachable, lost_membership, state_directory
 from tests import test_s3_sink as in_process
 from tests import test_s3_sink_process as as_process
 from tests.conftest import TEST_SESSION_TIMEOUT_MS
@@ -76,8 +76,20 @@ def test_a_sink_frozen_past_its_session_timeout_rejoins_replays_and_stores_every
     assert committed(kafka.bootstrap_servers, group, kafka.topic, 1) == [11]
 
 
-def test_a_commit_the_group_refuses_for_lost_membership_is_dropped_and_the_sink_keeps_going(
-    kafka_env, s3, bucket, monkeypatch, caplog
+UNREACHABLE = "group coordinator is unreachable"
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "warning"),
+    [
+        (KafkaError.UNKNOWN_MEMBER_ID, "Commit failed: Broker: Unknown member", LOST),
+        # The broker gone mid-run (tests/test_faults_outage.py): this used to end the sink with a traceback.
+        (KafkaError._WAIT_COORD, "Commit failed: Local: Waiting for coordinator", UNREACHABLE),
+    ],
+    ids=["lost membership", "coordinator unreachable"],
+)
+def test_a_commit_that_fails_for_lost_membership_or_an_unreachable_coordinator_is_dropped_and_the_sink_keeps_going(
+    kafka_env, s3, bucket, monkeypatch, caplog, code, text, warning
 ):
     settings = sink_settings(
         kafka_env, bucket, KAFKA_TOPIC_PARTITIONS="1", MAX_BATCH_SIZE="1000", MAX_BATCH_TIMEOUT="0.5"
@@ -95,7 +107,7 @@ def test_a_commit_the_group_refuses_for_lost_membership_is_dropped_and_the_sink_
         def refuse_first(*args, **kwargs):
             if not refusals:
                 refusals.append(1)
-                raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "Commit failed: Broker: Unknown member"))
+                raise KafkaException(KafkaError(code, text))
             return commit(*args, **kwargs)
 
         monkeypatch.setattr(consumer, "commit", refuse_first)
@@ -114,24 +126,29 @@ def test_a_commit_the_group_refuses_for_lost_membership_is_dropped_and_the_sink_
         with caplog.at_level(logging.WARNING, logger="processors.stream"):
             run_app_until(app, scenario)
 
-    lost = [r.getMessage() for r in caplog.records if LOST in r.getMessage()]
-    assert len(lost) == 1 and "Unknown member" in lost[0], lost
+    said = [r.getMessage() for r in caplog.records if warning in r.getMessage()]
+    assert len(said) == 1 and text in said[0], said
     # The refused batch was written before its commit was refused; nothing lost, nothing twice.
     assert_exactly_once(stored_keys(s3, bucket), map(key_of, events))
 
 
 @pytest.mark.parametrize(
-    ("code", "lost"),
+    ("code", "kind"),
     [
-        (KafkaError.UNKNOWN_MEMBER_ID, True),
-        (KafkaError.ILLEGAL_GENERATION, True),
-        (KafkaError.REBALANCE_IN_PROGRESS, True),
-        (KafkaError._ASSIGNMENT_LOST, True),
-        (KafkaError.COORDINATOR_NOT_AVAILABLE, False),
-        (KafkaError.GROUP_AUTHORIZATION_FAILED, False),
-        (KafkaError._TRANSPORT, False),
+        (KafkaError.UNKNOWN_MEMBER_ID, "lost"),
+        (KafkaError.ILLEGAL_GENERATION, "lost"),
+        (KafkaError.REBALANCE_IN_PROGRESS, "lost"),
+        (KafkaError._ASSIGNMENT_LOST, "lost"),
+        (KafkaError._WAIT_COORD, "unreachable"),
+        (KafkaError.COORDINATOR_NOT_AVAILABLE, "unreachable"),
+        (KafkaError._TRANSPORT, "unreachable"),
+        (KafkaError._ALL_BROKERS_DOWN, "unreachable"),
+        (KafkaError.GROUP_AUTHORIZATION_FAILED, None),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, None),
+        (KafkaError.OFFSET_METADATA_TOO_LARGE, None),
     ],
 )
-def test_only_refusals_for_lost_membership_are_survived(code, lost):
-    """Any other commit failure still stops the sink, as before."""
-    assert lost_membership(KafkaError(code)) is lost
+def test_only_lost_membership_and_an_unreachable_coordinator_are_survived(code, kind):
+    """Any other commit failure (a refusal that will not change) still stops the sink."""
+    error = KafkaError(code)
+    assert (lost_membership(error), coordinator_unreachable(error)) == (kind == "lost", kind == "unreachable")
