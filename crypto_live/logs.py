@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
+import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TextIO
@@ -109,6 +112,48 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+#: Loggers that carry Kafka clients' own lines (librdkafka's log and error callbacks, which
+#: Quix passes on): while a broker is down they repeat the same few lines hundreds of times
+#: a minute.
+KAFKA_CLIENT_LOGGERS = ("quixstreams.kafka", "producer.librdkafka", "crypto_live.kafka.librdkafka")
+REPEAT_WINDOW_S = 30.0
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class RepeatLimiter(logging.Filter):
+    """Lets one line of each kind through per ``window`` seconds from the Kafka client
+    loggers; the next one after the window says how many were held back.
+
+    Lines are of a kind when they differ only in numbers (ports, counts, "after 3ms").
+    Other loggers' lines always pass: the services' own lines are never repetitive noise.
+    """
+
+    def __init__(self, window: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._window, self._clock = window, clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # kind -> (passed at, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(KAFKA_CLIENT_LOGGERS):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken format string is logging's own error to report
+            return True
+        kind = (record.name, record.levelno, _DIGITS.sub("N", message))
+        now = self._clock()
+        passed_at, held = self._seen.get(kind, (-self._window, 0))
+        if now - passed_at < self._window:
+            self._seen[kind] = (passed_at, held + 1)
+            return False
+        if len(self._seen) > 1000:  # kinds are few; this only bounds a pathological stream
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._window}
+        self._seen[kind] = (now, 0)
+        if held:
+            record.msg, record.args = f"{message} ({held} more like it in the last {now - passed_at:.0f} s)", None
+        return True
+
+
 # --------------------------------------------------------------------------- formats
 
 
@@ -171,6 +216,7 @@ def configure(level: str, fmt: str = "text", service: str = "") -> None:
         root.removeHandler(_handler)
     _handler = _StderrHandler(sys.stderr)
     _handler.setFormatter(JsonFormatter(service) if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    _handler.addFilter(RepeatLimiter())
     _handler.addFilter(RedactSecrets())
     root.addHandler(_handler)
     root.setLevel(level)
