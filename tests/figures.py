@@ -26,6 +26,19 @@ def record(case: str, **figures: Any) -> None:
         out.write(orjson.dumps(row) + b"\n")
 
 
+def record_verdict(case: str, verdict: Any, *, store: str | None = None, **figures: Any) -> None:
+    """Record a :class:`tests.pipeline.Verdict` (events, lost, doubled) with the case's other
+    figures; ``store`` names the store when the verdict's own name is not the one to show."""
+    record(
+        case,
+        store=store or verdict.store,
+        events=verdict.events,
+        lost=verdict.lost,
+        doubled=verdict.doubled,
+        **figures,
+    )
+
+
 def reset() -> None:
     FIGURES_PATH.unlink(missing_ok=True)
 

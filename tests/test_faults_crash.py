@@ -227,13 +227,10 @@ def test_kill_9_of_every_service_at_random_moments_then_a_restart_stores_every_e
         read_before_kill += [(run.killed_ms - e["E"]) / 1000 if run.killed_ms else float("inf") for e in lost]
     topic_verdict = verdict("topic", topic, {(e["s"], e["E"]) for e in sent})
     producer_kills = len(runs) - 1
-    figures.record(
+    figures.record_verdict(
         "kill -9 producer",
-        store="topic",
+        topic_verdict,
         trials=producer_kills,
-        events=topic_verdict.events,
-        lost=topic_verdict.lost,
-        doubled=topic_verdict.doubled,
         detail=(
             f"seed {SEED}; {producer_kills - delivered_before_kill} kills before the instance's first "
             f"delivery (start-up: {span(producer_loop)} to its first event), {delivered_before_kill} after; "
@@ -250,13 +247,11 @@ def test_kill_9_of_every_service_at_random_moments_then_a_restart_stores_every_e
         # A restart that finds the object a killed instance wrote but did not commit continues after it.
         found = logs.count("written earlier): continuing after it") if result.store == "s3-sink" else 0
         uncommitted = f"; {found} objects written but not committed at a kill, found (not rewritten)" if found else ""
-        figures.record(
+        figures.record_verdict(
             f"kill -9 {result.store}",
+            result,
             store=STORE[result.store],
             trials=len(committed_at_kill),
-            events=result.events,
-            lost=result.lost,
-            doubled=result.doubled,
             detail=(
                 f"seed {SEED}; {len(committed_at_kill) - after} kills before the instance's first commit "
                 f"(start-up, group join: {span(loop)} to the first commit), {after} after "

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import pytest
 
 from crypto_live.simulator import SimulatorOptions
-from tests.figures import record
+from tests.figures import record_verdict
 from tests.helpers import CliProcess, wait_for
 from tests.pipeline import Pipeline, Verdict, running_pipeline, verdict
 
@@ -96,7 +96,7 @@ def timed_stop(instance: CliProcess) -> tuple[int, float]:
 
 def record_verdicts(case: str, verdicts: list[Verdict], **figures: object) -> None:
     for v in verdicts:
-        record(case, store=v.store, events=v.events, lost=v.lost, doubled=v.doubled, **figures)
+        record_verdict(case, v, **figures)
 
 
 def assert_exact(verdicts: list[Verdict], logs: str) -> None:
@@ -304,13 +304,10 @@ def test_sinks_scaled_from_1_to_3_instances_and_back_mid_stream_store_every_even
         verdicts = pipeline.verdicts()
 
     for v in verdicts:
-        record(
+        record_verdict(
             "scale 1→3→1 sinks",
-            store=v.store,
+            v,
             trials=1,
-            events=v.events,
-            lost=v.lost,
-            doubled=v.doubled,
             detail=f"instances 1→3→1; with 3, partitions per instance "
             f"{[sorted(p) for p in with_three[v.store]]}; the 2 stopped exited "
             f"{[status for status, _ in stops[v.store]]} in {max(s for _, s in stops[v.store]):.1f} s at most",

@@ -250,13 +250,11 @@ def ride_out_a_store_outage(pipeline: Pipeline, aws_endpoint: str, *, slow: bool
 def record_sinks(case: str, outcome: Outcome) -> None:
     for sink_verdict in outcome.sinks:
         sink = sink_verdict.store
-        figures.record(
+        figures.record_verdict(
             case.format(store=STORE[sink]),
+            sink_verdict,
             store=STORE[sink],
             trials=1,
-            events=sink_verdict.events,
-            lost=sink_verdict.lost,
-            doubled=sink_verdict.doubled,
             **({"recovery_s": outcome.recovered[sink]} if sink in outcome.recovered else {}),
             peak_rss_mb=outcome.phases[sink][1],
             detail=f"{outcome.notes[sink]}; {rss_text({sink: outcome.phases[sink]})}",
@@ -346,13 +344,10 @@ def test_the_broker_gone_for_a_minute_for_producer_and_sinks_nothing_exits_and_n
     outcome.phases = rss_phases(samplers, began, ended)
     case = f"broker gone {OUTAGE:g} s"
     topic = outcome.topic
-    figures.record(
+    figures.record_verdict(
         case,
-        store="topic",
+        topic,
         trials=1,
-        events=topic.events,
-        lost=topic.lost,
-        doubled=topic.doubled,
         recovery_s=outcome.recovered["producer"],
         peak_rss_mb=outcome.phases["producer"][1],
         detail=f"{sent_during} events sent by the exchange during the outage; {outcome.notes['producer']}; "
@@ -392,13 +387,10 @@ def test_the_exchange_dropping_the_socket_again_and_again_loses_and_doubles_noth
         f"{producer_log.count('reconnecting in')} logged by the producer; reconnect after a drop "
         f"{min(reconnects):.2f}-{max(reconnects):.2f} s; {rss_text({'producer': outcome.phases['producer']})}"
     )
-    figures.record(
+    figures.record_verdict(
         "exchange drops the socket",
-        store="topic",
+        topic,
         trials=DROPS,
-        events=topic.events,
-        lost=topic.lost,
-        doubled=topic.doubled,
         recovery_s=max(reconnects),
         peak_rss_mb=outcome.phases["producer"][1],
         detail=detail,
