@@ -46,7 +46,7 @@ lint: $(STAMP)  ## ruff's lint and format checks, then mypy (strict) on the thre
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP)  ## each service against its contender (Quix S3FileSink, raw librdkafka, a BatchWriteItem loop): bench/results.{json,md,png}; exits 1 on a FAILed ratio
 	$(BIN)/python -m bench $(ARGS)
 
 SOAK_MINUTES ?= 10

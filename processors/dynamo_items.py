@@ -16,7 +16,9 @@ writing the same event twice writes the same row (replays are no-ops).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -35,6 +37,11 @@ _MAX_DIGITS = 38
 _MIN_ADJUSTED_EXPONENT = -130
 _MAX_ADJUSTED_EXPONENT = 125
 
+#: A plain decimal such as Binance sends ("0.00250000", "18"). One of at most 38 characters
+#: has at most 38 digits and lies between 1E-37 and 1E+38: DynamoDB holds it as written.
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_MAX_PLAIN_LENGTH = 38
+
 Item = dict[str, dict[str, str]]
 
 
@@ -51,6 +58,8 @@ def dynamo_number(text: str) -> str:
     are the trailing zeros dropped — DynamoDB trims them itself, so the stored number is
     the same. Raises ValueError when no DynamoDB number equals ``text``.
     """
+    if len(text) <= _MAX_PLAIN_LENGTH and _PLAIN_DECIMAL.fullmatch(text):
+        return text  # the common case, without building a Decimal (twice per field and event)
     try:
         value = Decimal(text)  # exact: constructing a Decimal never rounds
     except InvalidOperation:
@@ -118,3 +127,42 @@ def put_batches(items: Iterable[Item], size: int = MAX_BATCH_WRITE) -> list[list
     """Duplicate-free PutRequest lists of at most ``size`` for BatchWriteItem."""
     requests = [{"PutRequest": {"Item": item}} for item in last_per_key(items)]
     return [requests[start : start + size] for start in range(0, len(requests), size)]
+
+
+@dataclass
+class RequestCutter:
+    """Cuts the rows of one checkpoint into full BatchWriteItem requests as they arrive.
+
+    A request is cut as soon as it holds ``size`` distinct keys, whichever partitions the
+    rows came from, so it can be written while the checkpoint is still being read; only
+    :meth:`finish` leaves a partial one. A key seen again in the open request replaces its
+    row there (the last one wins). A key seen again after its request was cut cannot go in
+    a request that may be written at the same time as that one: it waits in ``late``, which
+    :meth:`finish` returns to be written after every cut request completed.
+    """
+
+    size: int = MAX_BATCH_WRITE
+    _open: dict[tuple[str, str], Item] = field(default_factory=dict)
+    _cut: set[tuple[str, str]] = field(default_factory=set)
+    _late: dict[tuple[str, str], Item] = field(default_factory=dict)
+
+    def add(self, item: Item) -> list[dict[str, Any]] | None:
+        """Take one row; the request it completes, if it completes one."""
+        key = item_key(item)
+        if key in self._cut:
+            self._late[key] = item
+            return None
+        self._open[key] = item
+        if len(self._open) < self.size:
+            return None
+        self._cut.update(self._open)
+        request = [{"PutRequest": {"Item": row}} for row in self._open.values()]
+        self._open = {}
+        return request
+
+    def finish(self) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
+        """The requests left: (the partial one, if any; then those of the late rows, written after)."""
+        rest = put_batches(self._open.values(), self.size)
+        late = put_batches(self._late.values(), self.size)
+        self._open, self._cut, self._late = {}, set(), {}
+        return rest, late

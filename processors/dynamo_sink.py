@@ -1,8 +1,11 @@
 """`crypto-live dynamo-sink`: upsert one TTL row per event into DYNAMO_TABLE_NAME.
 
-Runs the shared stream (:mod:`processors.stream`) as its own consumer group. Each Quix
-checkpoint hands :class:`DynamoTableSink` the batch of one topic-partition; it writes
-the rows with BatchWriteItem and only then does Quix commit the offsets. The table is
+Runs the shared stream (:mod:`processors.stream`) as its own consumer group. Quix hands
+:class:`DynamoTableSink` each event as it is read (``add``); the sink cuts full 25-row
+BatchWriteItem requests across all partitions of the open checkpoint and writes them at
+once on its writer threads, so writing overlaps reading. When the checkpoint closes
+(``flush``), the last partial request is written, every request of the checkpoint is
+awaited, and only then does Quix commit the offsets. The table is
 defined, checked and (for local runs) created by :mod:`crypto_live.dynamo_table`; the rows
 by :mod:`processors.dynamo_items`.
 
@@ -28,7 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -64,11 +67,19 @@ class _NotNow:
     reason: str
 
 
+#: One BatchWriteItem request (at most 25 PutRequests), and how writing it ended:
+#: None (every row stored), or why not.
+_Request = list[dict[str, Any]]
+_Outcome = _NotNow | DestinationError | None
+
+
 class DynamoTableSink(BatchingSink):
-    """Writes each batch as one row per event (see :mod:`processors.dynamo_items`).
+    """Writes each checkpoint as one row per event (see :mod:`processors.dynamo_items`).
+
+    A BatchingSink to Quix, but not per topic-partition: ``add`` and ``flush`` are its own.
 
     ``sleep`` and ``jitter`` (uniform in [0, 1)) are injectable so tests need not wait.
-    ``rows_written`` counts rows DynamoDB accepted, duplicates within a batch counted once.
+    ``rows_written`` counts rows DynamoDB accepted, a row written twice in one checkpoint counted twice.
     The sink owns a pool of writer threads: :meth:`close` it (or use it as a context
     manager) when the run ends.
     """
@@ -103,6 +114,8 @@ class DynamoTableSink(BatchingSink):
         self._jitter = jitter
         self._on_progress = on_progress  # after each request: a long flush keeps the heartbeat fresh
         self._ready = False
+        self._cutter = items.RequestCutter()
+        self._in_flight: list[tuple[_Request, Future[_Outcome]]] = []  # this checkpoint's requests
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dynamo-writer")
 
     def __repr__(self) -> str:
@@ -138,33 +151,83 @@ class DynamoTableSink(BatchingSink):
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, batch: SinkBatch) -> None:
-        """Store every event of ``batch``, or raise SinkBackpressureError / DestinationError.
+    def add(
+        self,
+        value: Any,
+        key: Any,
+        timestamp: int,
+        headers: Any,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        """Take one event of the open checkpoint; a request it fills is written at once.
 
-        The BatchWriteItem requests of one batch run concurrently (``writers`` at a time):
-        one request is a round trip of ~10 ms, so sequential requests would cap the sink
-        near the market's own rate. Duplicate keys were collapsed across the whole batch
-        first, so no two requests touch the same row and their order does not matter.
+        Requests are cut across the checkpoint's partitions (see
+        :class:`~processors.dynamo_items.RequestCutter`), so every request but the
+        checkpoint's last is full, and they are written by the writer threads while Quix
+        reads on: the writes overlap the reading instead of following it.
         """
-        rows = [items.to_item(sink_item.value, self.ttl_days) for sink_item in batch]
-        requests = list(items.put_batches(rows))
-        # One request (the common small batch) needs no thread hop.
-        outcomes: list[_NotNow | DestinationError | None] = []
-        for outcome in (self._pool.map if len(requests) > 1 else map)(self._put, requests):
-            outcomes.append(outcome)
-            self._on_progress()
-        self.rows_written += sum(len(chunk) for chunk, o in zip(requests, outcomes, strict=True) if o is None)
-        refused = next((o for o in outcomes if isinstance(o, DestinationError)), None)
+        request = self._cutter.add(items.to_item(value, self.ttl_days))
+        if request is not None:
+            self._in_flight.append((request, self._pool.submit(self._put, request)))
+
+    def flush(self) -> None:
+        """Quix's checkpoint closes: write what is left, wait for every request of the
+        checkpoint, then return (Quix commits), or raise SinkBackpressureError /
+        DestinationError (Quix commits nothing)."""
+        try:
+            rest, late = self._cutter.finish()
+            self._in_flight += [(request, self._pool.submit(self._put, request)) for request in rest]
+            outcomes = self._wait(self._in_flight)
+            if late:  # keys already written in this checkpoint: only now may they be rewritten
+                outcomes += self._wait([(request, self._pool.submit(self._put, request)) for request in late])
+        finally:
+            self._in_flight = []
+        refused = next((o for _, o in outcomes if isinstance(o, DestinationError)), None)
         if refused is not None:
             raise refused
-        not_now = [o for o in outcomes if isinstance(o, _NotNow)]
+        not_now = [o for _, o in outcomes if isinstance(o, _NotNow)]
         if not_now:
             more = f" (and {len(not_now) - 1} more requests)" if len(not_now) > 1 else ""
             raise self._pause(f"{not_now[0].reason}{more}")
         self._backpressure.reset()
-        log.debug("wrote %d events of %s[%s] to %s", batch.size, batch.topic, batch.partition, self.table)
+        log.debug("wrote %d rows in %d requests to %s", sum(len(r) for r, _ in outcomes), len(outcomes), self.table)
 
-    def _put(self, requests: list[dict[str, Any]]) -> _NotNow | DestinationError | None:
+    def _wait(self, writes: list[tuple[_Request, Future[_Outcome]]]) -> list[tuple[_Request, _Outcome]]:
+        """Each request's outcome, once all are done; rows DynamoDB took are counted."""
+        outcomes = []
+        for request, future in writes:
+            outcome = future.result()
+            self._on_progress()  # on the loop's thread: a long flush keeps the heartbeat fresh
+            if outcome is None:
+                self.rows_written += len(request)
+            outcomes.append((request, outcome))
+        return outcomes
+
+    def on_paused(self) -> None:
+        """Quix drops the checkpoint (backpressure elsewhere, lost membership): forget its
+        rows. Requests already in flight finish on their own; a replay rewrites the same rows."""
+        self._cutter.finish()
+        for _, future in self._in_flight:
+            future.cancel()
+        self._in_flight = []
+
+    def write(self, batch: SinkBatch) -> None:
+        """Store every event of ``batch`` as one checkpoint would (:meth:`add` each, then :meth:`flush`)."""
+        for sink_item in batch:
+            self.add(
+                sink_item.value,
+                sink_item.key,
+                sink_item.timestamp,
+                sink_item.headers,
+                batch.topic,
+                batch.partition,
+                sink_item.offset,
+            )
+        self.flush()
+
+    def _put(self, requests: _Request) -> _Outcome:
         """Write one BatchWriteItem request; returns None, or the failure (never raises)."""
         retry_delays = full_jitter(exponential(self._retry_base, self._retry_cap), draw=self._jitter)
         pending = requests

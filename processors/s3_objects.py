@@ -59,6 +59,7 @@ needs is reported, never overwritten.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -191,12 +192,21 @@ def gzip_body(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
+HOUR_MS = 3_600_000
+
+
 def by_hour(items: Iterable[Row]) -> dict[datetime, list[Row]]:
     """A batch's rows grouped by event hour; hours in the order of their first offsets."""
-    hours: dict[datetime, list[Row]] = {}
-    for offset, event in items:
-        hours.setdefault(event_hour(event["E"]), []).append((offset, event))
-    return hours
+    # Grouped by the integer hour number: a datetime per event was a tenth of the sink's time.
+    hours: dict[int, list[Row]] = {}
+    for row in items:
+        hour = row[1]["E"] // HOUR_MS
+        rows = hours.get(hour)
+        if rows is None:
+            hours[hour] = [row]
+        else:
+            rows.append(row)
+    return {event_hour(hour * HOUR_MS): rows for hour, rows in hours.items()}
 
 
 def make_object(layout: Layout, hour: datetime, rows: Sequence[Row]) -> S3Object:
@@ -212,10 +222,15 @@ def make_object(layout: Layout, hour: datetime, rows: Sequence[Row]) -> S3Object
     )
 
 
+def _offset(row: Row) -> int:
+    return row[0]
+
+
 def next_object(layout: Layout, hour: datetime, rows: Sequence[Row], stored_through: int) -> S3Object | None:
     """The next link of the hour's chain: up to ``max_rows`` of ``rows`` after offset
     ``stored_through``; None when every row is stored."""
-    rest = [row for row in rows if row[0] > stored_through][: layout.max_rows]
+    start = bisect.bisect_right(rows, stored_through, key=_offset)  # rows are in offset order
+    rest = rows[start : start + layout.max_rows]
     return make_object(layout, hour, rest) if rest else None
 
 

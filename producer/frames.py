@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from crypto_live.event import Invalid, MiniTicker, validate
+from crypto_live.event import MiniTicker, validate
 
 SERVER_SHUTDOWN = "serverShutdown"
 
@@ -66,24 +66,24 @@ def parse_frame(raw: bytes | str) -> Frame:
     if isinstance(payload, dict) and "stream" in payload and "data" in payload:
         stream, payload = payload["stream"], payload["data"]
     where = f" (stream {stream!r})" if isinstance(stream, str) else ""
-    items: list[tuple[Any, bytes | None, str]]
-    if isinstance(payload, list):
-        count = len(payload)
-        items = [(item, None, f"item {i} of {count}{where}: ") for i, item in enumerate(payload, start=1)]
-    else:
-        items = [(payload, data, f"{where.strip()}: " if where else "")]
+    # An array's items are rejected alone (re-encoded, with their position); a single
+    # object keeps the frame's own bytes.
+    items, whole = (payload, None) if isinstance(payload, list) else ([payload], data)
     events: list[MiniTicker] = []
     rejected: list[Rejected] = []
     shutdown = False
-    for item, item_raw, prefix in items:
-        if isinstance(item, dict) and item.get("e") == SERVER_SHUTDOWN:
-            shutdown = True
-            continue
+    for position, item in enumerate(items, start=1):
         result = validate(item)
-        if isinstance(result, Invalid):
-            rejected.append(Rejected(prefix + result.reason, item_raw if item_raw is not None else orjson.dumps(item)))
-        else:
+        if isinstance(result, MiniTicker):
             events.append(result)
+        elif isinstance(item, dict) and item.get("e") == SERVER_SHUTDOWN:
+            shutdown = True  # never a valid event, hence checked only for the invalid ones
+        else:
+            if whole is None:
+                prefix, raw_item = f"item {position} of {len(items)}{where}: ", orjson.dumps(item)
+            else:
+                prefix, raw_item = (f"{where.strip()}: " if where else ""), whole
+            rejected.append(Rejected(prefix + result.reason, raw_item))
     return Frame(events=events, rejected=rejected, server_shutdown=shutdown)
 
 

@@ -35,9 +35,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from crypto_live.dead_letter import dead_letter, encode
@@ -82,7 +83,8 @@ _RESEND = {
     KafkaError._MSG_TIMED_OUT,
 }
 
-Pending = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
+Headers = list[tuple[str, bytes]] | None
+Pending = tuple[str, bytes | None, bytes, int | None, Headers]
 
 
 class Publisher:
@@ -116,6 +118,7 @@ class Publisher:
             {
                 **self._config,
                 "error_cb": self._on_error,
+                "on_delivery": self._on_event_delivery,
                 "logger": logging.getLogger("producer.librdkafka"),
             }
         )
@@ -125,9 +128,33 @@ class Publisher:
         """Messages not yet acknowledged: in librdkafka's queue or waiting to be resent."""
         return len(self._producer) + len(self._resend)
 
-    async def publish(self, event: MiniTicker) -> None:
-        """Queue one event for KAFKA_TOPIC; waits while the local queue is full."""
-        await self._produce((self.kafka.topic, event.symbol.encode(), event.to_json(), event.event_time, None))
+    async def publish(self, events: Sequence[MiniTicker]) -> None:
+        """Queue events for KAFKA_TOPIC, in order; waits while the local queue is full."""
+        done = 0
+        while done < len(events):
+            done = self._produce_events(events, done)
+            if done < len(events):
+                # Refused (full queue, unknown topic...) or the producer is being rebuilt:
+                # this one takes the slow path, which waits or keeps it for the next resend.
+                event = events[done]
+                await self._produce((self.kafka.topic, event.symbol.encode(), event.to_json(), event.event_time, None))
+                done += 1
+
+    def _produce_events(self, events: Sequence[MiniTicker], start: int) -> int:
+        """Produce ``events[start:]`` without awaiting until one is refused; returns how many
+        of ``events`` are queued. The hot path: one frame's events in a plain loop, acknowledged
+        through the producer-wide delivery callback (no per-message closure)."""
+        if not self._open.is_set():
+            return start
+        produce, topic = self._producer.produce, self.kafka.topic
+        index = start
+        try:
+            for index in range(start, len(events)):
+                event = events[index]
+                produce(topic, event.to_json(), event.symbol.encode(), timestamp=event.event_time)
+        except (BufferError, KafkaException):
+            return index
+        return len(events)
 
     async def dead_letter(self, reason: str, raw: bytes) -> None:
         """Queue one dead-letter record for KAFKA_DLQ_TOPIC.
@@ -147,14 +174,14 @@ class Publisher:
         while True:
             if not self._open.is_set():
                 await self._open.wait()
+            # Events are acknowledged through the producer-wide callback; a dead letter carries
+            # its headers in its own, as librdkafka does not report them back for a refusal.
+            own_report = (
+                None if topic == self.kafka.topic else functools.partial(self._on_dead_letter_delivery, headers)
+            )
             try:
                 self._producer.produce(
-                    topic,
-                    value,
-                    key,
-                    on_delivery=functools.partial(self._on_delivery, timestamp, headers),
-                    timestamp=timestamp or 0,
-                    headers=headers,
+                    topic, value, key, on_delivery=own_report, timestamp=timestamp or 0, headers=headers
                 )
                 return
             except BufferError:
@@ -173,20 +200,34 @@ class Publisher:
                 log.error("message for topic %s (key %r, %d bytes) refused: %s", topic, key, len(value), exc)
                 return
 
-    def _on_delivery(self, timestamp: int | None, headers: Any, err: KafkaError | None, msg: Message) -> None:
+    def _on_event_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka's report for a message on KAFKA_TOPIC (called inside ``poll``)."""
         if err is None:
             if self._brokers_down:
-                self._brokers_down = False
-                log.info("Kafka acknowledges messages again")
-            if msg.topic() == self.kafka.topic:
-                self.stats.published += 1
-            else:
-                self.stats.dead_lettered += 1
+                self._acknowledged_again()
+            self.stats.published += 1
             return
+        # librdkafka no longer holds a refused message's timestamp (it reports -1): an
+        # event's is its event time, read back from the value.
+        value = msg.value() or b"{}"
+        self._refused(err, msg, orjson.loads(value).get("E"), None)
+
+    def _on_dead_letter_delivery(self, headers: Headers, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka's report for a dead-letter record (their timestamp is when produced)."""
+        if err is None:
+            if self._brokers_down:
+                self._acknowledged_again()
+            self.stats.dead_lettered += 1
+            return
+        self._refused(err, msg, None, headers)
+
+    def _acknowledged_again(self) -> None:
+        self._brokers_down = False
+        log.info("Kafka acknowledges messages again")
+
+    def _refused(self, err: KafkaError, msg: Message, timestamp: int | None, headers: Headers) -> None:
         if err.code() in _RESEND or err.retriable():
-            # librdkafka no longer holds the message: its timestamp is not reported
-            # back (-1), hence the one remembered at produce time.
-            self._resend.append((msg.topic(), msg.key(), msg.value(), timestamp, headers))
+            self._resend.append((msg.topic() or "", msg.key(), msg.value() or b"", timestamp, headers))
             return
         self.stats.delivery_failures += 1
         log.error("message for topic %s (key %r) was not delivered: %s", msg.topic(), msg.key(), err.str())

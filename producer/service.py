@@ -216,8 +216,7 @@ class ProducerService:
         frame = parse_frame(raw)
         stats, publisher = self.stats, self.publisher
         stats.events += len(frame.events)
-        for event in frame.events:
-            await publisher.publish(event)
+        await publisher.publish(frame.events)
         if frame.not_json:
             stats.not_json += 1
         for item in frame.rejected:

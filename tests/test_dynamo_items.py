@@ -102,3 +102,32 @@ def test_put_batches_hold_at_most_25_distinct_keys():
     keys = [items.item_key(r["PutRequest"]["Item"]) for b in batches for r in b]
     assert len(keys) == len(set(keys)) == 60
     assert items.put_batches([]) == []
+
+
+def rows_of(requests: list[list[dict]]) -> list[items.Item]:
+    return [request["PutRequest"]["Item"] for chunk in requests for request in chunk]
+
+
+def test_the_cutter_cuts_full_requests_as_rows_arrive_and_leaves_one_partial():
+    cutter = items.RequestCutter()
+    rows = [items.to_item(ticker(n, symbol=f"SYM{n % 3}"), 1) for n in range(60)]
+    cut = [request for request in map(cutter.add, rows) if request is not None]
+    assert [len(request) for request in cut] == [25, 25]  # at the 25th and the 50th row
+    rest, late = cutter.finish()
+    assert [len(request) for request in rest] == [10] and late == []
+    assert rows_of(cut + rest) == rows
+    assert cutter.finish() == ([], [])  # finished: the next checkpoint starts empty
+
+
+def test_a_key_seen_again_after_its_request_was_cut_is_written_last_with_its_last_values():
+    cutter = items.RequestCutter(size=2)
+    first, second, third = (items.to_item(ticker(n), 1) for n in range(3))
+    again = items.to_item(ticker(0, c="9.5"), 1)
+    again_later = items.to_item(ticker(0, c="9.75"), 1)
+    assert cutter.add(first) is None
+    assert cutter.add(items.to_item(ticker(0, c="1.25"), 1)) is None  # replaces ``first`` in the open request
+    assert cutter.add(second) is not None  # cut: keys 0 and 1
+    assert cutter.add(again) is None and cutter.add(third) is None and cutter.add(again_later) is None
+    rest, late = cutter.finish()
+    assert rows_of(rest) == [third]
+    assert rows_of(late) == [again_later]  # never in flight together with the request holding key 0

@@ -224,3 +224,34 @@ def test_closing_the_sink_stops_its_writer_threads():
         started = writer_threads() - before
         assert started, "the batch was written without the writer pool: the check below would prove nothing"
     assert not any(thread.is_alive() for thread in started)
+
+
+def test_a_checkpoint_over_several_partitions_is_written_in_full_requests_and_only_its_last_partial():
+    client = FakeDynamo()
+    sink = make_sink(client, [])
+    events = {partition: [ticker(n, symbol=f"P{partition}") for n in range(30)] for partition in range(3)}
+    for partition, batch in events.items():
+        for offset, event in enumerate(batch):
+            sink.add(event, event["s"].encode(), event["E"], [], "miniticker", partition, offset)
+    sink.flush()
+    assert sorted(client.calls) == [15, 25, 25, 25]  # 90 rows: not 3 × (25 + 5)
+    assert sink.rows_written == 90
+
+
+def test_the_late_rewrite_of_a_key_waits_for_the_request_that_wrote_it():
+    client = FakeDynamo()
+    sink = make_sink(client, [], writers=4)
+    events = [ticker(n) for n in range(25)] + [ticker(0, c="3.5")]
+    sink.write(sink_batch(events))
+    assert client.calls == [25, 1]
+    assert client.rows[row_key(events[0])]["close"] == {"N": "3.5"}
+
+
+def test_a_dropped_checkpoint_leaves_nothing_for_the_next_one():
+    client = FakeDynamo()
+    sink = make_sink(client, [])
+    for offset, event in enumerate(ticker(n) for n in range(10)):
+        sink.add(event, b"BTCUSDT", event["E"], [], "miniticker", 0, offset)
+    sink.on_paused()  # Quix dropped the checkpoint (backpressure elsewhere, lost membership)
+    sink.flush()
+    assert client.calls == [] and sink.rows_written == 0

@@ -251,8 +251,7 @@ def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafk
         publisher = Publisher(settings.kafka, stats, config={"queue.buffering.max.messages": 5})
         serving = asyncio.create_task(publisher.serve())
         try:
-            for event in events:
-                await publisher.publish(event)
+            await publisher.publish(events)
             return await publisher.flush(15), stats
         finally:
             serving.cancel()

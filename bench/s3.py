@@ -1,0 +1,137 @@
+"""The S3 sink against Quix's own S3FileSink and against Quix itself (the floor).
+
+One 3-partition topic is pre-filled with N events; each contender then drains all of it
+as a child process, one after another, each with a consumer group (and bucket) of its own:
+
+1. ``crypto-live s3-sink`` (MAX_BATCH_SIZE objects);
+2. Quix's ``S3FileSink``, format json (bench/contenders/quix_sink.py);
+3. the floor: a Quix app whose sink discards every batch, json deserializer (and, in a
+   full run, bytes deserializer: informational).
+
+The Quix contenders checkpoint every 3 x MAX_BATCH_SIZE messages: S3FileSink writes one
+object per partition per checkpoint, so its objects hold about as many rows as
+crypto-live's. Rates come from each group's commits (first to last), CPU from the
+child's own user + system time over the same window. crypto-live's bucket must then hold
+every event exactly once: a fast sink that loses or doubles events does not count.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+import orjson
+
+from bench.stack import Drain, Stack, drain, market_events, prefill
+
+PARTITIONS = 3
+FULL_EVENTS, QUICK_EVENTS = 200_000, 6_000
+FULL_BATCH, QUICK_BATCH = 1000, 250
+SYMBOLS = 400
+#: Tansu holds a group's first assignment for half the session timeout: short, as start-up is not measured.
+FULL_SESSION_MS, QUICK_SESSION_MS = 6000, 3000
+
+
+def _bucket(stack: Stack, name: str) -> str:
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.aws_env["AWS_ENDPOINT_URL"],
+        region_name=stack.aws_env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=stack.aws_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=stack.aws_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": stack.aws_env["AWS_DEFAULT_REGION"]})
+    return name
+
+
+def stored_events(stack: Stack, bucket: str) -> Counter[tuple[str, int]]:
+    """How many times each (s, E) appears across every object of ``bucket``."""
+    import gzip
+
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.aws_env["AWS_ENDPOINT_URL"],
+        region_name=stack.aws_env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=stack.aws_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=stack.aws_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    counts: Counter[tuple[str, int]] = Counter()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            if item["Key"].endswith(".gz"):
+                body = gzip.decompress(body)
+            for line in body.splitlines():
+                if line.strip():
+                    event = orjson.loads(line)
+                    counts[(event["s"], event["E"])] += 1
+    return counts
+
+
+def _run(stack: Stack, label: str, args: list[str], env: dict[str, str], group: str, topic: str, n: int) -> Drain:
+    print(f"  {label} ...", end="", flush=True)
+    child = stack.start(args, f"s3-{label}.log", env)
+    result = drain(stack, child, group, topic, PARTITIONS, n)
+    print(f" {result.events_per_s:,.0f} events/s, {result.cpu_us_per_event:.1f} µs CPU/event", flush=True)
+    if result.committed < n:
+        print(f"  {label}: committed {result.committed:,} of {n:,} (log: {child.log})", flush=True)
+    return result
+
+
+def measure(stack: Stack, *, quick: bool = False) -> dict[str, float]:
+    n = QUICK_EVENTS if quick else FULL_EVENTS
+    batch = QUICK_BATCH if quick else FULL_BATCH
+    session_ms = str(QUICK_SESSION_MS if quick else FULL_SESSION_MS)
+    events = market_events(n, SYMBOLS)
+    topic = stack.name("s3-topic")
+    print(f"S3: {n:,} events into {PARTITIONS} partitions ...", flush=True)
+    prefill(stack, topic, events, PARTITIONS)
+    results: dict[str, float] = {}
+
+    group, bucket = stack.name("s3-sink"), _bucket(stack, stack.name("s3-sink"))
+    env = stack.env(
+        KAFKA_TOPIC=topic,
+        S3_BUCKET=bucket,
+        S3_SINK_GROUP=group,
+        MAX_BATCH_SIZE=str(batch),
+        MAX_BATCH_TIMEOUT="2",
+        KAFKA_SESSION_TIMEOUT_MS=session_ms,
+        LOG_LEVEL="WARNING",
+    )
+    ours = _run(stack, "crypto-live-s3-sink", [sys.executable, "-m", "crypto_live", "s3-sink"], env, group, topic, n)
+    stored = stored_events(stack, bucket)
+    sent = {(e["s"], e["E"]) for e in map(orjson.loads, events)}
+    exactly_once = stored.keys() == sent and all(count == 1 for count in stored.values())
+    results.update(
+        s3_sink_events_per_s=ours.events_per_s,
+        s3_sink_cpu_us_per_event=ours.cpu_us_per_event,
+        s3_sink_startup_s=ours.startup_s,
+        s3_sink_bench_rss_mb=ours.peak_rss_mb,
+        s3_sink_rows=float(sum(stored.values())),
+        s3_sink_distinct_events=float(len(stored)),
+        s3_sink_events_sent=float(len(sent)),
+        s3_sink_exactly_once=1.0 if exactly_once else 0.0,
+    )
+
+    contenders = [("stock_s3filesink", "s3filesink"), ("quix_floor", "discard-json")]
+    if not quick:
+        contenders.append(("quix_floor_bytes", "discard-bytes"))
+    for key, kind in contenders:
+        group = stack.name(key.replace("_", "-"))
+        env = stack.env(
+            KAFKA_TOPIC=topic,
+            GROUP=group,
+            S3_BUCKET=_bucket(stack, stack.name(key.replace("_", "-"))),
+            COMMIT_EVERY=str(batch * PARTITIONS),
+            COMMIT_INTERVAL="2",
+            KAFKA_SESSION_TIMEOUT_MS=session_ms,
+        )
+        args = [sys.executable, "-m", "bench.contenders.quix_sink", kind]
+        result = _run(stack, kind, args, env, group, topic, n)
+        results[f"{key}_events_per_s"] = result.events_per_s
+        results[f"{key}_cpu_us_per_event"] = result.cpu_us_per_event
+    return results
