@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class DynamoTableSink(BatchingSink):
         self._ready = False
         self._cutter = items.RequestCutter()
         self._in_flight: list[tuple[_Request, Future[_Outcome]]] = []  # this checkpoint's requests
+        self._events_read: Counter[tuple[str, int]] = Counter()  # this checkpoint's, per topic-partition
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dynamo-writer")
 
     def __repr__(self) -> str:
@@ -168,6 +170,7 @@ class DynamoTableSink(BatchingSink):
         checkpoint's last is full, and they are written by the writer threads while Quix
         reads on: the writes overlap the reading instead of following it.
         """
+        self._events_read[topic, partition] += 1
         request = self._cutter.add(items.to_item(value, self.ttl_days))
         if request is not None:
             self._in_flight.append((request, self._pool.submit(self._put, request)))
@@ -184,6 +187,7 @@ class DynamoTableSink(BatchingSink):
                 outcomes += self._wait([(request, self._pool.submit(self._put, request)) for request in late])
         finally:
             self._in_flight = []
+            events_read, self._events_read = self._events_read, Counter()
         refused = next((o for _, o in outcomes if isinstance(o, DestinationError)), None)
         if refused is not None:
             raise refused
@@ -192,7 +196,8 @@ class DynamoTableSink(BatchingSink):
             more = f" (and {len(not_now) - 1} more requests)" if len(not_now) > 1 else ""
             raise self._pause(f"{not_now[0].reason}{more}")
         self._backpressure.reset()
-        log.debug("wrote %d rows in %d requests to %s", sum(len(r) for r, _ in outcomes), len(outcomes), self.table)
+        for (topic, partition), events in sorted(events_read.items()):
+            log.debug("wrote %d events of %s[%d] to %s", events, topic, partition, self.table)
 
     def _wait(self, writes: list[tuple[_Request, Future[_Outcome]]]) -> list[tuple[_Request, _Outcome]]:
         """Each request's outcome, once all are done; rows DynamoDB took are counted."""
@@ -209,6 +214,7 @@ class DynamoTableSink(BatchingSink):
         """Quix drops the checkpoint (backpressure elsewhere, lost membership): forget its
         rows. Requests already in flight finish on their own; a replay rewrites the same rows."""
         self._cutter.finish()
+        self._events_read.clear()
         for _, future in self._in_flight:
             future.cancel()
         self._in_flight = []
