@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from crypto_live.dynamo_table import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
-from crypto_live.event import DECIMAL_FIELDS, FIELDS
+from crypto_live.event import FIELDS
 from crypto_live.text import shorten
 
 #: event field -> attribute holding it as a DynamoDB Number.
@@ -84,23 +84,25 @@ def dynamo_number(text: str) -> str:
 
 def item_problem(fields: Mapping[str, Any]) -> str | None:
     """Why a valid event cannot become a row (a number DynamoDB cannot hold), or None."""
-    for name in DECIMAL_FIELDS:
-        try:
-            dynamo_number(fields[name])
-        except ValueError as exc:
-            return f"field {name!r} ({FIELDS[name]}) {shorten(fields[name], 50)} {exc}"
+    try:
+        to_item(fields, 0)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
 def to_item(fields: Mapping[str, Any], ttl_days: int) -> Item:
-    """The row for one valid event (``MiniTicker.fields``); ValueError if ``item_problem``."""
+    """The row for one valid event (``MiniTicker.fields``); ValueError saying why if it cannot be one."""
     event_time = fields["E"]
     item: Item = {
         PARTITION_KEY[0]: {"S": fields["s"]},
         SORT_KEY[0]: {"N": str(event_time)},
     }
     for name, attribute in NUMBER_ATTRIBUTES.items():
-        item[attribute] = {"N": dynamo_number(fields[name])}
+        try:
+            item[attribute] = {"N": dynamo_number(fields[name])}
+        except ValueError as exc:
+            raise ValueError(f"field {name!r} ({FIELDS[name]}) {shorten(fields[name], 50)} {exc}") from None
     item["event_type"] = {"S": fields["e"]}
     item[TTL_ATTRIBUTE] = {"N": str(ttl_seconds(event_time, ttl_days))}
     return item

@@ -40,14 +40,15 @@ from typing import Any
 
 import botocore.exceptions
 from quixstreams import Application
-from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
+from quixstreams.sinks import SinkBackpressureError, SinkBatch
 
 from crypto_live import aws, dynamo_table
 from crypto_live.backoff import Backoff, exponential, full_jitter
 from crypto_live.errors import DestinationError
+from crypto_live.event import Invalid, decode
 from crypto_live.settings import DynamoSinkSettings
 from processors import dynamo_items as items
-from processors.stream import StreamPlan, backpressure_backoff, build_application, state_directory
+from processors.stream import CheckingSink, StreamPlan, backpressure_backoff, build_application, state_directory
 from processors.telemetry import SinkTelemetry
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ _Request = list[dict[str, Any]]
 _Outcome = _NotNow | DestinationError | None
 
 
-class DynamoTableSink(BatchingSink):
+class DynamoTableSink(CheckingSink):
     """Writes each checkpoint as one row per event (see :mod:`processors.dynamo_items`).
 
     A BatchingSink to Quix, but not per topic-partition: ``add`` and ``flush`` are its own.
+    Each message is checked as it is added: an event that is not valid, or that DynamoDB
+    cannot hold (a number out of its range), goes to the DLQ with the reason.
 
     ``sleep`` and ``jitter`` (uniform in [0, 1)) are injectable so tests need not wait.
     ``rows_written`` counts rows DynamoDB accepted, a row written twice in one checkpoint counted twice.
@@ -101,7 +104,7 @@ class DynamoTableSink(BatchingSink):
         jitter: Callable[[], float] = random.random,
         on_progress: Callable[[], None] = lambda: None,
     ):
-        super().__init__(on_client_connect_success=lambda: None)
+        super().__init__(STAGE)
         self.client = client
         self.table = table
         self.ttl_days = ttl_days
@@ -170,10 +173,24 @@ class DynamoTableSink(BatchingSink):
         checkpoint's last is full, and they are written by the writer threads while Quix
         reads on: the writes overlap the reading instead of following it.
         """
-        self._events_read[topic, partition] += 1
-        request = self._cutter.add(items.to_item(value, self.ttl_days))
-        if request is not None:
-            self._in_flight.append((request, self._pool.submit(self._put, request)))
+        self.counters.consumed += 1
+        result = decode(value)
+        if isinstance(result, Invalid):
+            reason = result.reason
+        else:
+            try:
+                item = items.to_item(result.fields, self.ttl_days)
+            except ValueError as exc:  # a number DynamoDB cannot hold
+                reason = str(exc)
+            else:
+                self._events_read[topic, partition] += 1
+                request = self._cutter.add(item)
+                if request is not None:
+                    self._in_flight.append((request, self._pool.submit(self._put, request)))
+                return
+        self.dead_letters.reject(
+            reason, value, topic=topic, partition=partition, offset=offset, key=key, timestamp=timestamp
+        )
 
     def flush(self) -> None:
         """Quix's checkpoint closes: write what is left, wait for every request of the
@@ -282,9 +299,7 @@ def application(
 ) -> Application:
     """The sink's Quix application: events DynamoDB cannot hold go to the DLQ too."""
     plan = StreamPlan(STAGE, settings.consumer_group, settings.max_batch_size, settings.max_batch_timeout)
-    return build_application(
-        settings.kafka, plan, sink, state_dir=state_dir, reject=items.item_problem, telemetry=telemetry
-    )
+    return build_application(settings.kafka, plan, sink, state_dir=state_dir, telemetry=telemetry)
 
 
 def run(settings: DynamoSinkSettings) -> int:

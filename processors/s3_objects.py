@@ -1,8 +1,10 @@
 """What the S3 sink writes, and where each writer resumes: keys, bodies, the cut. No I/O.
 
 A batch is the valid events of ONE topic-partition that a Quix checkpoint collected, as
-``(offset, event fields)`` in offset order (poison messages went to the DLQ and are in no
-object). Its events are grouped by event-time hour, and each hour's events are cut into
+rows ``(offset, event time, JSON line)`` in offset order (:func:`to_row`; poison messages
+went to the DLQ and are in no object). The line is the event's bytes as read from the topic:
+its bytes are checked, never parsed and re-encoded, so every number stays as written.
+Its events are grouped by event-time hour, and each hour's events are cut into
 objects of at most ``max_rows`` (MAX_BATCH_SIZE) rows::
 
     <prefix>/dt=2023-11-14/hour=22/<topic>-00002-00000000000000001234.jsonl[.gz]
@@ -64,11 +66,9 @@ import gzip
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import orjson
 
 from crypto_live.errors import DestinationError
+from crypto_live.event import Invalid, decode, plain_event_time
 
 JSONL_CONTENT_TYPE = "application/x-ndjson"
 # A .jsonl.gz object IS a gzip file: readers (aws s3 cp, Athena, Spark, pandas) go by the
@@ -84,7 +84,8 @@ REMEMBERED_HOURS = 48
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-Row = tuple[int, Mapping[str, Any]]
+#: One valid event of a batch: its offset, its event time ``E`` (ms), its JSON line (no newline).
+Row = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -182,9 +183,30 @@ def key_first_offset(key: str) -> int:
     return int(key.rsplit("-", 1)[1].split(".", 1)[0])
 
 
-def jsonl_body(events: Iterable[Mapping[str, Any]]) -> bytes:
-    """One compact JSON object per event, each line ending in a newline."""
-    return b"".join(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in events)
+def to_row(offset: int, raw: bytes | None) -> Row | Invalid:
+    """The row of the message at ``offset`` whose value is ``raw``, or why it is not a valid event.
+
+    The line is ``raw`` itself: Binance's compact layout is proven valid by its bytes
+    (:func:`~crypto_live.event.plain_event_time`); anything else is parsed and validated.
+    A valid event spread over several lines (JSON allows newlines between tokens, never
+    inside a string) has them turned into spaces, so it stays one line, unchanged as JSON.
+    """
+    if raw is not None and (event_time := plain_event_time(raw)) is not None:
+        return (offset, event_time, raw)
+    result = decode(raw)
+    if isinstance(result, Invalid):
+        return result
+    assert raw is not None  # decode(None) is Invalid
+    return (offset, result.event_time, raw.translate(_NEWLINES_TO_SPACES))
+
+
+_NEWLINES_TO_SPACES = bytes.maketrans(b"\r\n", b"  ")
+
+
+def jsonl_body(lines: Iterable[bytes]) -> bytes:
+    """One JSON object per line, each line ending in a newline."""
+    body = b"\n".join(lines)
+    return body + b"\n" if body else body
 
 
 def gzip_body(data: bytes) -> bytes:
@@ -200,7 +222,7 @@ def by_hour(items: Iterable[Row]) -> dict[datetime, list[Row]]:
     # Grouped by the integer hour number: a datetime per event was a tenth of the sink's time.
     hours: dict[int, list[Row]] = {}
     for row in items:
-        hour = row[1]["E"] // HOUR_MS
+        hour = row[1] // HOUR_MS
         rows = hours.get(hour)
         if rows is None:
             hours[hour] = [row]
@@ -211,7 +233,7 @@ def by_hour(items: Iterable[Row]) -> dict[datetime, list[Row]]:
 
 def make_object(layout: Layout, hour: datetime, rows: Sequence[Row]) -> S3Object:
     """The object of ``rows`` (one hour's, consecutive, in offset order)."""
-    body = jsonl_body(event for _, event in rows)
+    body = jsonl_body([line for _, _, line in rows])
     gzipped = layout.compression == "gzip"
     return S3Object(
         key=layout.key(hour, rows[0][0]),

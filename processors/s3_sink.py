@@ -50,22 +50,25 @@ from typing import Any
 
 import botocore.exceptions
 from quixstreams import Application
-from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
+from quixstreams.sinks import SinkBackpressureError, SinkBatch
 
 from crypto_live import aws
 from crypto_live.backoff import Backoff
 from crypto_live.errors import BucketSetupError, DestinationError
+from crypto_live.event import Invalid
 from crypto_live.settings import S3SinkSettings
 from processors.s3_objects import (
     Extent,
     ForeignObjectError,
     Layout,
     Progress,
+    Row,
     S3Object,
     key_first_offset,
     store_batch,
+    to_row,
 )
-from processors.stream import StreamPlan, backpressure_backoff, build_application, state_directory
+from processors.stream import CheckingSink, StreamPlan, backpressure_backoff, build_application, state_directory
 from processors.telemetry import SinkTelemetry
 
 log = logging.getLogger(__name__)
@@ -83,8 +86,13 @@ CHECKPOINT_OBJECTS = 10
 WRITE_BUDGET = 15.0
 
 
-class S3JsonlSink(BatchingSink):
+class S3JsonlSink(CheckingSink):
     """Puts each partition's batch as JSONL objects; see the module docstring for failures.
+
+    Quix hands it each message as read (``add``): a valid event becomes a row of its
+    partition's batch, its bytes unchanged (:func:`~processors.s3_objects.to_row`), anything
+    else goes to the DLQ with the reason. When the checkpoint closes (``flush``), each
+    partition's rows are stored, and only then does Quix commit the offsets.
 
     ``objects_written`` / ``rows_written`` count objects created; ``objects_found`` counts
     puts refused because the key was already written (by a lost attempt or another instance);
@@ -104,7 +112,7 @@ class S3JsonlSink(BatchingSink):
         clock: Callable[[], float] = time.monotonic,
         on_progress: Callable[[], None] = lambda: None,
     ):
-        super().__init__(on_client_connect_success=lambda: None)
+        super().__init__(STAGE)
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
@@ -120,6 +128,7 @@ class S3JsonlSink(BatchingSink):
         self._on_progress = on_progress  # after each put: a long flush keeps the heartbeat fresh
         self._checked = False
         self._progress: dict[tuple[str, int], Progress] = {}  # per topic-partition, see s3_objects
+        self._rows: dict[tuple[str, int], list[Row]] = {}  # the open checkpoint's, per topic-partition
 
     def __repr__(self) -> str:
         return f"<S3JsonlSink s3://{self.bucket}/{self.prefix}>"
@@ -164,23 +173,65 @@ class S3JsonlSink(BatchingSink):
             return f"S3 bucket {self.bucket!r} is in region {actual}, not REGION={self.client.meta.region_name}"
         return f"S3 bucket {self.bucket!r} {self._where()}: HeadBucket failed: {aws.error_text(exc)}"
 
+    def add(
+        self,
+        value: Any,
+        key: Any,
+        timestamp: int,
+        headers: Any,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        """Take one message of the open checkpoint: a row of its partition's batch, or a dead letter."""
+        self.counters.consumed += 1
+        row = to_row(offset, value)
+        if isinstance(row, Invalid):
+            self.dead_letters.reject(
+                row.reason, value, topic=topic, partition=partition, offset=offset, key=key, timestamp=timestamp
+            )
+            return
+        rows = self._rows.get((topic, partition))
+        if rows is None:
+            self._rows[topic, partition] = [row]
+        else:
+            rows.append(row)
+
+    def flush(self) -> None:
+        """Quix's checkpoint closes: store each partition's batch, then return (Quix commits),
+        or raise SinkBackpressureError / DestinationError (Quix commits nothing)."""
+        started = self._clock()  # the write budget is the flush's, across its partitions
+        try:
+            for (topic, partition), rows in self._rows.items():
+                self._store(topic, partition, rows, started)
+        finally:
+            self._rows = {}
+
+    def on_paused(self) -> None:
+        """Quix drops the checkpoint (backpressure, lost membership): forget its rows."""
+        self._rows = {}
+
     def write(self, batch: SinkBatch) -> None:
-        """Store the batch's objects; raise SinkBackpressureError so Quix replays the batch
+        """Store ``batch`` (raw message values) as one checkpoint would: :meth:`add` each, then :meth:`flush`."""
+        for item in batch:
+            self.add(item.value, item.key, item.timestamp, item.headers, batch.topic, batch.partition, item.offset)
+        self.flush()
+
+    def _store(self, topic: str, partition: int, rows: list[Row], started: float) -> None:
+        """Store one partition's rows; raise SinkBackpressureError so Quix replays the batch
         later, or DestinationError when S3 refuses it for good (see the module docstring)."""
-        layout = Layout(self.prefix, batch.topic, batch.partition, self.max_rows, self.compression)
-        started = self._clock()
+        layout = Layout(self.prefix, topic, partition, self.max_rows, self.compression)
 
         def create(obj: S3Object) -> Extent | None:
             if self._clock() - started > self._write_budget:
                 raise self._pause(f"writing took over {self._write_budget:.0f} s", obj.key)
             return self._create(obj)
 
-        partition = (batch.topic, batch.partition)
         try:
-            self._progress[partition] = store_batch(
-                [(item.offset, item.value) for item in batch],
+            self._progress[topic, partition] = store_batch(
+                rows,
                 layout,
-                self._progress.get(partition, Progress()),
+                self._progress.get((topic, partition), Progress()),
                 create,
                 lambda hour, first_offset: self._previous(layout, hour, first_offset),
             )

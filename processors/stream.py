@@ -1,10 +1,14 @@
-"""The Quix Streams application both sinks share: read, validate, dead-letter, sink.
+"""The Quix Streams application both sinks share: read each message's bytes into the sink.
+
+The dataframe is a bare ``sink``: Quix hands each message's value, as the bytes read, to
+the sink's ``add``. The sink (a :class:`CheckingSink`) validates it in whatever way is
+cheapest for what it writes, and sends what it cannot store to its :class:`DeadLetters`.
 
 Batching is Quix's checkpoint: a checkpoint closes when ``commit_every`` messages were
 processed or ``commit_interval`` seconds passed since it opened — checked on every turn
 of Quix's poll loop, so the time limit holds on a quiet stream too. Closing a
-checkpoint flushes the sinks (``BatchingSink.write`` per topic-partition), then the
-producer (dead letters), and only then commits the offsets: an offset is committed only
+checkpoint flushes the sinks (``flush``), then the producer (dead letters), and only
+then commits the offsets: an offset is committed only
 after what it carried is stored. A sink that raises ``SinkBackpressureError`` makes
 Quix pause, seek back to the last committed offsets and process the batch again later.
 
@@ -39,60 +43,19 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from quixstreams import Application
 from quixstreams.checkpointing.exceptions import CheckpointConsumerCommitError
-from quixstreams.context import message_context
 from quixstreams.internal_producer import InternalProducer
 from quixstreams.kafka import ConnectionConfig
 from quixstreams.models import Topic, TopicConfig
-from quixstreams.models.rows import Row
 from quixstreams.processing import ProcessingContext
 from quixstreams.sinks import BatchingSink
 
 from crypto_live import dead_letter
 from crypto_live.backoff import Backoff, exponential
-from crypto_live.event import Invalid, decode
 from crypto_live.kafka import client_config, ensure_topics, topic_specs
 from crypto_live.settings import KafkaSettings
-from processors.telemetry import SinkTelemetry
+from processors.telemetry import SinkTelemetry, StreamCounters
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Checked:
-    """One consumed message after validation: the event's fields, or its DLQ record."""
-
-    event: dict[str, Any] | None = None
-    dead_letter: dict[str, Any] | None = None
-
-
-#: A sink's own check of a valid event: why it cannot store it, or None.
-Reject = Callable[[dict[str, Any]], str | None]
-
-
-def check_message(
-    raw: bytes | None, *, stage: str, topic: str, partition: int, offset: int, reject: Reject | None = None
-) -> Checked:
-    """Validate one message value (pure): the event, or the dead-letter record saying why not.
-
-    ``reject`` lets a sink dead-letter valid events its destination cannot hold.
-    """
-    if raw is None:
-        return Checked(
-            dead_letter=dead_letter.dead_letter(
-                "message has no value", b"", stage=stage, topic=topic, partition=partition, offset=offset
-            )
-        )
-    result = decode(raw)
-    if isinstance(result, Invalid):
-        reason = result.reason
-    else:
-        refused = reject(result.fields) if reject is not None else None
-        if refused is None:
-            return Checked(event=result.fields)
-        reason = refused
-    return Checked(
-        dead_letter=dead_letter.dead_letter(reason, raw, stage=stage, topic=topic, partition=partition, offset=offset)
-    )
 
 
 @dataclass(frozen=True)
@@ -263,10 +226,6 @@ class SinkApplication(Application):
 PREFETCH_KBYTES = 16 * 1024
 
 
-def _is_event(event: dict[str, Any] | None) -> bool:
-    return event is not None
-
-
 @contextmanager
 def state_directory(stage: str) -> Iterator[Path]:
     """A Quix state directory for one run of ``stage``, removed when the run ends however it ends."""
@@ -274,21 +233,76 @@ def state_directory(stage: str) -> Iterator[Path]:
         yield Path(path)
 
 
+class DeadLetters:
+    """Where a sink sends the messages it cannot store: the DLQ topic, each as the record
+    :func:`crypto_live.dead_letter.dead_letter` builds, with one warning line each.
+
+    ``produce(value, key, timestamp)`` is the checkpoint's own producer (see
+    :func:`build_application`): what it takes is flushed before the checkpoint's offsets are
+    committed, so a message is committed only once stored or dead-lettered. The default
+    keeps the records in ``records`` (a sink used without an application, as in unit tests).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        produce: Callable[[bytes, Any, int], None] | None = None,
+        *,
+        counters: StreamCounters | None = None,
+    ):
+        self.stage = stage
+        self.records: list[dict[str, Any]] = []
+        self._produce = produce
+        self._counters = counters
+
+    def reject(
+        self, reason: str, raw: bytes | None, *, topic: str, partition: int, offset: int, key: Any, timestamp: int
+    ) -> None:
+        """Dead-letter the message at ``topic[partition]@offset`` for ``reason``, keyed and timed as it was."""
+        record = dead_letter.dead_letter(
+            reason, raw or b"", stage=self.stage, topic=topic, partition=partition, offset=offset
+        )
+        log.warning("dead-lettered %s[%s]@%s: %s", topic, partition, offset, reason)
+        if self._counters is not None:
+            self._counters.dead_letters += 1
+        if self._produce is None:
+            self.records.append(record)
+        else:
+            self._produce(dead_letter.encode(record), key, timestamp)
+
+
+class CheckingSink(BatchingSink):
+    """A sink handed each message's value as the bytes read: it checks them itself, and
+    sends what it cannot store to :attr:`dead_letters` (bound by :func:`build_application`).
+
+    Quix calls ``add`` per message and ``flush`` when the checkpoint closes, nothing
+    else: checking inside the sink spares every message Quix's per-step dataframe work,
+    and lets a sink check in whatever way is cheapest for what it writes.
+    ``counters.consumed`` counts the messages added (the telemetry's EventsPerSecond).
+    """
+
+    dead_letters: DeadLetters
+    counters: StreamCounters
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(on_client_connect_success=lambda: None)
+        self.counters = StreamCounters()
+        self.dead_letters = DeadLetters(stage, counters=self.counters)
+
+
 def build_application(
     kafka: KafkaSettings,
     plan: StreamPlan,
-    sink: BatchingSink,
+    sink: CheckingSink,
     *,
     state_dir: Path,
-    on_dead_letter: Callable[[dict[str, Any]], None] | None = None,
-    reject: Reject | None = None,
     telemetry: SinkTelemetry | None = None,
 ) -> SinkApplication:
     """A :class:`SinkApplication` wired for ``plan``; topics are created first if missing.
 
-    ``state_dir`` is Quix's state directory (see :func:`state_directory`); ``reject`` (see
-    :func:`check_message`) sends valid events the sink cannot store to the DLQ;
-    ``telemetry`` gets librdkafka's statistics on the poll loop and counts the messages.
+    ``state_dir`` is Quix's state directory (see :func:`state_directory`). The sink gets
+    every message's value as bytes, and its :class:`DeadLetters` produce to the DLQ through
+    the checkpoint's producer. ``telemetry`` gets librdkafka's statistics on the poll loop.
     """
     ensure_topics(kafka)
     heartbeat_ms = max(100, min(3000, kafka.session_timeout_ms // 3))
@@ -335,40 +349,12 @@ def build_application(
     dlq = topic(kafka.dlq_topic, key_serializer="bytes", value_serializer="bytes")
 
     dlq_producer = app.processing_context_producer()
-    counters = telemetry.counters if telemetry is not None else None
 
-    def dead_lettered(record: dict[str, Any]) -> bytes:
-        log.warning(
-            "dead-lettered %s[%s]@%s: %s",
-            record["source"]["topic"],
-            record["source"]["partition"],
-            record["source"]["offset"],
-            record["reason"],
-        )
-        if on_dead_letter is not None:
-            on_dead_letter(record)
-        if counters is not None:
-            counters.dead_letters += 1
-        return dead_letter.encode(record)
+    def produce_dead_letter(value: bytes, key: Any, timestamp: int) -> None:
+        dlq_producer.produce(topic=dlq.name, value=value, key=key, timestamp=timestamp)
 
-    def check(raw: bytes | None, key: Any, timestamp: int, headers: Any) -> dict[str, Any] | None:
-        # One linear step, no branch: a branched dataframe (one branch to the DLQ, one to
-        # the sink) made Quix pickle-copy every message for the second branch, a quarter
-        # of the sink's CPU. A bad message's record is produced here through the
-        # checkpoint's own producer, as ``to_topic`` would: it is flushed before the
-        # offsets are committed.
-        ctx = message_context()
-        if counters is not None:
-            counters.consumed += 1
-        checked = check_message(
-            raw, stage=plan.stage, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset, reject=reject
-        )
-        if checked.dead_letter is None:
-            return checked.event
-        value = dead_lettered(checked.dead_letter)
-        row = Row(value=value, key=key, timestamp=timestamp, context=ctx, headers=headers)
-        dlq_producer.produce_row(row=row, topic=dlq, key=key, timestamp=timestamp)
-        return None
-
-    app.dataframe(source).apply(check, metadata=True).filter(_is_event).sink(sink)
+    if telemetry is not None:
+        sink.counters = telemetry.counters
+    sink.dead_letters = DeadLetters(plan.stage, produce_dead_letter, counters=sink.counters)
+    app.dataframe(source).sink(sink)
     return app

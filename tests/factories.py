@@ -53,11 +53,18 @@ def key_of(event: Mapping[str, Any]) -> tuple[str, int]:
 def sink_batch(
     events: Iterable[Mapping[str, Any]], *, topic: str = "miniticker", partition: int = 0, first_offset: int = 0
 ) -> SinkBatch:
-    """A Quix SinkBatch of ``events`` at consecutive offsets, keyed and timestamped like the producer's."""
+    """A Quix SinkBatch of ``events`` at consecutive offsets, as the sinks get them from Kafka:
+    the JSON bytes, keyed and timestamped like the producer's."""
     batch = SinkBatch(topic=topic, partition=partition)
     for offset, event in enumerate(events, start=first_offset):
-        batch.append(value=event, key=event["s"].encode(), timestamp=event["E"], headers=[], offset=offset)
+        value = orjson.dumps(event)
+        batch.append(value=value, key=event["s"].encode(), timestamp=event["E"], headers=[], offset=offset)
     return batch
+
+
+def s3_row(offset: int, event: Mapping[str, Any]) -> tuple[int, int, bytes]:
+    """The S3 sink's row of ``event`` read at ``offset`` (see processors.s3_objects.to_row)."""
+    return offset, event["E"], orjson.dumps(event)
 
 
 def produce(

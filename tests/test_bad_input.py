@@ -27,11 +27,12 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from crypto_live.dead_letter import original_bytes
 from crypto_live.dynamo_table import create_table_request
-from crypto_live.event import DECIMAL_FIELDS, FIELDS, Invalid, MiniTicker, decode, validate
+from crypto_live.event import DECIMAL_FIELDS, FIELDS, Invalid, MiniTicker, decode, plain_event_time, validate
 from crypto_live.settings import DynamoSinkSettings, ProducerSettings, S3SinkSettings, load
 from processors import dynamo_sink, s3_sink
 from processors.dynamo_items import NUMBER_ATTRIBUTES, item_problem, to_item
-from processors.stream import check_message, state_directory
+from processors.s3_objects import to_row
+from processors.stream import DeadLetters, state_directory
 from producer.frames import SERVER_SHUTDOWN, parse_frame
 from producer.inprocess import ProducerThread
 from producer.publisher import DLQ_MAX_RAW_BYTES
@@ -201,7 +202,8 @@ def test_every_item_of_an_array_is_classified_exactly_once(tagged: list[tuple[st
 
     kinds = Counter(kind for kind, _ in tagged)
     assert len(frame.events) + len(frame.rejected) + kinds["shutdown"] == len(items)
-    assert [e.fields for e in frame.events] == [item for kind, item in tagged if kind == "event"]  # unchanged, in order
+    published = [orjson.loads(value) for value, _, _ in frame.events]
+    assert published == [item for kind, item in tagged if kind == "event"]  # unchanged, in order
     assert [r.raw for r in frame.rejected] == [orjson.dumps(item) for kind, item in tagged if kind == "rejected"]
     assert frame.server_shutdown == (kinds["shutdown"] > 0)
     assert not frame.answers and not frame.not_json
@@ -222,7 +224,7 @@ def test_a_single_item_frame_is_classified_and_rejected_as_the_bytes_received(
     raw = orjson.dumps(payload, option=orjson.OPT_INDENT_2)  # not orjson's compact form: kept as received
     frame = parse_frame(raw)
     if kind == "event":
-        assert [e.fields for e in frame.events] == [item] and not frame.rejected
+        assert [orjson.loads(value) for value, _, _ in frame.events] == [item] and not frame.rejected
     elif kind == "shutdown":
         assert frame.server_shutdown and not frame.events and not frame.rejected
     elif not (stream is None and isinstance(item, dict) and "id" in item and ("result" in item or "error" in item)):
@@ -333,40 +335,62 @@ def test_prices_in_non_ascii_digits_are_not_decimal_strings(value: str) -> None:
     assert isinstance(result, Invalid) and "'c'" in result.reason
 
 
-# --------------------------------------------------------------------------- check_message
+# --------------------------------------------------------------------------- the sinks' checks
 
 raw_messages = st.one_of(
     st.none(),
     st.binary(max_size=200),
     json_values.map(orjson.dumps),
     valid_events().map(orjson.dumps),
+    valid_events().map(lambda event: orjson.dumps(event, option=orjson.OPT_INDENT_2)),  # valid, over lines
     broken_events().map(lambda pair: orjson.dumps(pair[1])),
 )
 
 
 @PROPERTY
-@given(
-    raw_messages, st.integers(min_value=0, max_value=2**31), st.integers(min_value=0, max_value=2**62), st.booleans()
-)
-def test_check_message_returns_the_event_or_a_dead_letter_with_the_original_bytes(
-    raw: bytes | None, partition: int, offset: int, dynamo_rules: bool
+@given(raw_messages, st.integers(min_value=0, max_value=2**62))
+def test_a_message_becomes_a_row_of_its_own_bytes_or_says_why_it_is_not_an_event(
+    raw: bytes | None, offset: int
 ) -> None:
-    checked = check_message(
-        raw,
-        stage="a-sink",
-        topic="miniticker",
-        partition=partition,
-        offset=offset,
-        reject=item_problem if dynamo_rules else None,
-    )
-    assert (checked.event is None) != (checked.dead_letter is None)
-    if checked.event is not None:
-        assert raw is not None and checked.event == orjson.loads(raw)
-        assert isinstance(validate(checked.event), MiniTicker)
+    row = to_row(offset, raw)
+    decoded = decode(raw)
+    if isinstance(row, Invalid):
+        assert isinstance(decoded, Invalid) and row.reason == decoded.reason
+        assert_one_line(row.reason)
         return
-    record = checked.dead_letter
-    assert record is not None
-    assert_one_line(record["reason"])
+    assert raw is not None and isinstance(decoded, MiniTicker)
+    row_offset, event_time, line = row
+    assert (row_offset, event_time) == (offset, decoded.event_time)
+    assert b"\n" not in line and b"\r" not in line  # one JSONL line
+    assert line == raw.replace(b"\n", b" ").replace(b"\r", b" ")  # the bytes read, numbers as written
+    assert orjson.loads(line) == decoded.fields
+
+
+@PROPERTY
+@given(st.one_of(valid_events(), broken_events().map(lambda pair: pair[1])), st.data())
+def test_the_byte_check_of_binances_layout_accepts_only_what_validate_accepts(
+    event: dict[str, Any], data: st.DataObject
+) -> None:
+    raw = orjson.dumps(event)
+    if data.draw(st.booleans(), label="mutate one byte"):
+        at = data.draw(st.integers(min_value=0, max_value=len(raw) - 1), label="at")
+        raw = raw[:at] + bytes([data.draw(st.integers(min_value=0, max_value=255), label="byte")]) + raw[at + 1 :]
+    event_time = plain_event_time(raw)
+    decoded = decode(raw)
+    if event_time is not None:
+        assert isinstance(decoded, MiniTicker) and decoded.event_time == event_time
+    elif list(event) == list(FIELDS) and isinstance(decoded, MiniTicker) and orjson.dumps(decoded.fields) == raw:
+        pytest.fail(f"a valid event in Binance's layout missed the byte check: {raw!r}")
+
+
+@PROPERTY
+@given(raw_messages, st.integers(min_value=0, max_value=2**31), st.integers(min_value=0, max_value=2**62))
+def test_a_dead_letter_names_its_source_and_keeps_the_original_bytes(
+    raw: bytes | None, partition: int, offset: int
+) -> None:
+    dead_letters = DeadLetters("a-sink")
+    dead_letters.reject("why", raw, topic="miniticker", partition=partition, offset=offset, key=b"k", timestamp=1)
+    (record,) = dead_letters.records
     assert record["stage"] == "a-sink"
     assert record["source"] == {"topic": "miniticker", "partition": partition, "offset": offset}
     assert original_bytes(orjson.loads(orjson.dumps(record))) == (raw if raw is not None else b"")

@@ -45,7 +45,7 @@ from tests.cfn_template import (
     parameter_values,
     resolve,
 )
-from tests.factories import ticker
+from tests.factories import s3_row, ticker
 
 REGION = "ap-southeast-1"
 LINT_REGIONS = ["ap-southeast-1", "us-east-1", "eu-west-1"]
@@ -214,7 +214,10 @@ def test_partition_projection_finds_every_object_the_s3_sink_writes_without_a_cr
     events = [ticker(i, event_time=first_ms + i * 3_600_000 + 59_000) for i in range(30)]
     for compression in ("none", "gzip"):
         layout = Layout(parameters["S3Prefix"], "t", 0, max_rows=1000, compression=compression)
-        objects = [make_object(layout, hour, rows) for hour, rows in by_hour(enumerate(events)).items()]
+        objects = [
+            make_object(layout, hour, rows)
+            for hour, rows in by_hour([s3_row(offset, e) for offset, e in enumerate(events)]).items()
+        ]
         assert len(objects) == 30
         for obj in objects:
             hour = event_hour(events[obj.first_offset]["E"])

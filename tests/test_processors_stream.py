@@ -1,37 +1,40 @@
-"""The shared sink application: valid events reach the sink, anything else the DLQ."""
+"""The shared sink application: the sink gets every message, and what it rejects reaches the DLQ."""
 
 from __future__ import annotations
 
 import orjson
-from quixstreams.sinks import BatchingSink, SinkBatch
+from quixstreams.sinks import SinkBatch
 
 from crypto_live.dead_letter import original_bytes
+from crypto_live.event import Invalid, decode
 from crypto_live.settings import KafkaSettings, load
-from processors.stream import StreamPlan, build_application, check_message, state_directory
+from processors.stream import CheckingSink, StreamPlan, build_application, state_directory
 from tests.factories import publish, run_app_until, ticker
 from tests.helpers import read_topic, wait_for
 
 EVENT = ticker()
 
 
-def test_check_message_keeps_event_fields_or_names_the_source():
-    assert check_message(orjson.dumps(EVENT), stage="s", topic="t", partition=1, offset=7).event == EVENT
-    checked = check_message(b"nope", stage="s3-sink", topic="t", partition=1, offset=7)
-    assert checked.event is None
-    assert checked.dead_letter["source"] == {"topic": "t", "partition": 1, "offset": 7}
-    assert checked.dead_letter["reason"].startswith("not JSON")
-    assert check_message(None, stage="s", topic="t", partition=0, offset=0).dead_letter["reason"] == (
-        "message has no value"
-    )
+class CollectingSink(CheckingSink):
+    """Keeps the valid events it is given and dead-letters the rest, as the real sinks do."""
 
-
-class CollectingSink(BatchingSink):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__("test")
         self.rows: list[tuple[int, dict]] = []
 
+    def add(self, value, key, timestamp, headers, topic, partition, offset):
+        result = decode(value)
+        if isinstance(result, Invalid):
+            where = {"topic": topic, "partition": partition, "offset": offset}
+            self.dead_letters.reject(result.reason, value, key=key, timestamp=timestamp, **where)
+        else:
+            self.rows.append((offset, result.fields))
+
     def write(self, batch: SinkBatch):
-        self.rows.extend((item.offset, item.value) for item in batch)
+        raise AssertionError("Quix calls add and flush only")
+
+    def flush(self):
+        pass
 
 
 def test_valid_events_reach_the_sink_and_poison_messages_the_dlq(kafka_env):

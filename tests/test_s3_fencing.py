@@ -19,6 +19,7 @@ from datetime import datetime
 import orjson
 
 from processors.s3_objects import Extent, Layout, Progress, S3Object, key_first_offset, store_batch
+from tests.factories import s3_row
 from tests.test_s3_objects import HOUR_22, HOUR_MS, event, lines
 
 Stream = list[dict | None]
@@ -74,7 +75,11 @@ class Writer:
 
     def write(self, batch: list[tuple[int, dict]], create: Callable[[S3Object], Extent | None] | None = None) -> None:
         self.progress = store_batch(
-            batch, self.store.layout, self.progress, create or self.store.create, self.store.previous
+            [s3_row(offset, event) for offset, event in batch],
+            self.store.layout,
+            self.progress,
+            create or self.store.create,
+            self.store.previous,
         )
 
 

@@ -18,6 +18,7 @@ from processors.s3_objects import (
     ForeignObjectError,
     Layout,
     Progress,
+    Row,
     S3Object,
     event_hour,
     key_first_offset,
@@ -25,6 +26,7 @@ from processors.s3_objects import (
     store_batch,
     walk_hour,
 )
+from tests.factories import s3_row
 
 HOUR_MS = 3_600_000
 #: 2023-11-14T22:00:00Z
@@ -75,7 +77,7 @@ def test_event_hour_is_utc_and_exact_at_the_boundary():
 
 def test_body_holds_each_events_own_fields_one_per_line():
     events = [event(HOUR_22 + i, close=f"0.00{i}500000") for i in range(3)]
-    [obj] = batch_objects(list(enumerate(events, start=40)), partition=1)
+    [obj] = batch_objects([s3_row(offset, e) for offset, e in enumerate(events, start=40)], partition=1)
     assert obj.body == b"".join(orjson.dumps(e) + b"\n" for e in events)
     assert lines(obj) == events  # decimal strings stay strings, field order kept
     assert (obj.extent, obj.content_type) == (Extent(40, 42, 3), JSONL_CONTENT_TYPE)
@@ -92,7 +94,7 @@ def test_a_batch_spanning_an_hour_becomes_one_object_per_hour():
         HOUR_22 + HOUR_MS - 3,
         HOUR_22 + HOUR_MS + 5,
     ]
-    items = [(offset, event(t)) for offset, t in zip([10, 11, 13, 14, 15], times, strict=True)]
+    items = [s3_row(offset, event(t)) for offset, t in zip([10, 11, 13, 14, 15], times, strict=True)]
     first, second = batch_objects(items)
     assert first.key == "p/dt=2023-11-14/hour=22/t-00000-00000000000000000010.jsonl"
     assert [e["E"] for e in lines(first)] == [times[0], times[1], times[3]]
@@ -101,7 +103,7 @@ def test_a_batch_spanning_an_hour_becomes_one_object_per_hour():
 
 
 def test_gzip_objects_are_byte_identical_when_written_again():
-    items = [(i, event(HOUR_22 + i)) for i in range(50)]
+    items = [s3_row(i, event(HOUR_22 + i)) for i in range(50)]
     [once] = batch_objects(items, compression="gzip")
     [again] = batch_objects(items, compression="gzip")
     [plain] = batch_objects(items)
@@ -115,7 +117,7 @@ def test_unknown_compression_is_named():
         Layout(prefix="", topic="t", partition=0, max_rows=10, compression="zip")
 
 
-def batch_objects(items: list[tuple[int, dict]], max_rows: int = 1000, **layout) -> list[S3Object]:
+def batch_objects(items: list[Row], max_rows: int = 1000, **layout) -> list[S3Object]:
     """The objects a writer creates for ``items`` on an empty store."""
     created: list[S3Object] = []
 
@@ -129,7 +131,7 @@ def batch_objects(items: list[tuple[int, dict]], max_rows: int = 1000, **layout)
 
 def test_a_batch_is_cut_into_full_objects_per_hour_and_the_rest_last():
     times = [HOUR_22 + HOUR_MS - 7 + i for i in range(12)]  # 7 events of hour 22, then 5 of hour 23
-    items = [(100 + i, event(t)) for i, t in enumerate(times)]
+    items = [s3_row(100 + i, event(t)) for i, t in enumerate(times)]
     objects = batch_objects(items, max_rows=3)
     assert [(obj.hour.hour, obj.extent) for obj in objects] == [
         (22, Extent(100, 102, 3)),
@@ -139,13 +141,13 @@ def test_a_batch_is_cut_into_full_objects_per_hour_and_the_rest_last():
         (23, Extent(110, 111, 2)),
     ]
     assert [key_first_offset(obj.key) for obj in objects] == [100, 103, 106, 107, 110]
-    assert [row for obj in objects for row in lines(obj)] == [e for _, e in items]
+    assert [row for obj in objects for row in lines(obj)] == [orjson.loads(line) for *_, line in items]
 
 
 def test_a_taken_key_is_skipped_through_the_existing_objects_last_offset():
     hour = event_hour(HOUR_22)
     layout = Layout("p", "t", 0, max_rows=3)
-    rows = [(offset, event(HOUR_22 + offset)) for offset in range(10, 20)]
+    rows = [s3_row(offset, event(HOUR_22 + offset)) for offset in range(10, 20)]
     taken = {layout.key(hour, 10): Extent(10, 14, 5)}  # another writer's longer cut
     created: list[Extent] = []
 
@@ -166,7 +168,7 @@ def test_a_taken_key_is_skipped_through_the_existing_objects_last_offset():
 def test_an_extent_that_does_not_fit_the_key_is_refused():
     hour = event_hour(HOUR_22)
     layout = Layout("p", "t", 0, max_rows=3)
-    rows = [(offset, event(HOUR_22 + offset)) for offset in range(10, 13)]
+    rows = [s3_row(offset, event(HOUR_22 + offset)) for offset in range(10, 13)]
     with pytest.raises(ForeignObjectError, match="records extent"):
         walk_hour(layout, hour, rows, -1, lambda obj: Extent(9, 20, 12))
     with pytest.raises(ValueError, match="expected metadata first-offset"):
