@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -42,10 +43,10 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from crypto_live.dead_letter import dead_letter, encode
-from crypto_live.event import MiniTicker
 from crypto_live.kafka import client_config
 from crypto_live.settings import KafkaSettings
 
+from .frames import Event
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class Publisher:
         """Messages not yet acknowledged: in librdkafka's queue or waiting to be resent."""
         return len(self._producer) + len(self._resend)
 
-    async def publish(self, events: Sequence[MiniTicker]) -> None:
+    async def publish(self, events: Sequence[Event]) -> None:
         """Queue events for KAFKA_TOPIC, in order; waits while the local queue is full."""
         done = 0
         while done < len(events):
@@ -136,11 +137,11 @@ class Publisher:
             if done < len(events):
                 # Refused (full queue, unknown topic...) or the producer is being rebuilt:
                 # this one takes the slow path, which waits or keeps it for the next resend.
-                event = events[done]
-                await self._produce((self.kafka.topic, event.symbol.encode(), event.to_json(), event.event_time, None))
+                value, key, timestamp = events[done]
+                await self._produce((self.kafka.topic, key, value, timestamp, None))
                 done += 1
 
-    def _produce_events(self, events: Sequence[MiniTicker], start: int) -> int:
+    def _produce_events(self, events: Sequence[Event], start: int) -> int:
         """Produce ``events[start:]`` without awaiting until one is refused; returns how many
         of ``events`` are queued. The hot path: one frame's events in a plain loop, acknowledged
         through the producer-wide delivery callback (no per-message closure)."""
@@ -149,9 +150,9 @@ class Publisher:
         produce, topic = self._producer.produce, self.kafka.topic
         index = start
         try:
-            for index in range(start, len(events)):
-                event = events[index]
-                produce(topic, event.to_json(), event.symbol.encode(), timestamp=event.event_time)
+            for value, key, timestamp in itertools.islice(events, start, None):
+                produce(topic, value, key, timestamp=timestamp)
+                index += 1
         except (BufferError, KafkaException):
             return index
         return len(events)

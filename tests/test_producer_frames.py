@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
 from crypto_live.simulator import JUNK_FRAMES
-from producer.frames import parse_frame
+from producer.frames import Frame, parse_frame, parse_json_frame, plain_frame_events
 from tests.factories import ticker
+from tests.mutations import mutations
+
+PROPERTY = settings(
+    derandomize=True,
+    database=None,
+    max_examples=400,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def dumps(obj) -> bytes:
     return orjson.dumps(obj)
+
+
+def fields(frame: Frame) -> list[dict]:
+    """The frame's events as the JSON objects published."""
+    return [orjson.loads(value) for value, _, _ in frame.events]
+
+
+def symbols(frame: Frame) -> list[str]:
+    return [key.decode() for _, key, _ in frame.events]
 
 
 def test_single_raw_event_is_published_with_its_fields_exactly_as_sent():
@@ -20,33 +41,33 @@ def test_single_raw_event_is_published_with_its_fields_exactly_as_sent():
         b'"h":"0.0025","l":"0.0010","v":"10000","q":"18","x":"extra field kept"}'
     )
     frame = parse_frame(raw)
-    assert [e.to_json() for e in frame.events] == [raw]
+    assert frame.events == [(raw, b"BNBBTC", 1700000000000)]
     assert (frame.rejected, frame.answers, frame.not_json, frame.server_shutdown) == ([], [], False, False)
 
 
 def test_all_market_array_gives_every_event_in_order():
     events = [ticker(1, symbol="BTCUSDT"), ticker(2, symbol="ETHUSDT"), ticker(3, symbol="BNBUSDT")]
     frame = parse_frame(dumps(events))
-    assert [e.symbol for e in frame.events] == ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
-    assert [e.fields for e in frame.events] == events
+    assert symbols(frame) == ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
+    assert fields(frame) == events
 
 
 @pytest.mark.parametrize("data", [ticker(), [ticker(), ticker(symbol="ETHUSDT")]], ids=["object", "array"])
 def test_combined_stream_payload_is_unwrapped(data):
     frame = parse_frame(dumps({"stream": "!miniTicker@arr", "data": data}))
     expected = data if isinstance(data, list) else [data]
-    assert [e.fields for e in frame.events] == expected
+    assert fields(frame) == expected
     assert frame.rejected == []
 
 
 def test_text_frames_are_accepted_like_bytes():
-    assert parse_frame(dumps(ticker()).decode()).events[0].fields == ticker()
+    assert fields(parse_frame(dumps(ticker()).decode())) == [ticker()]
 
 
 def test_invalid_item_in_an_array_is_rejected_alone_with_its_position_and_bytes():
     bad = ticker(symbol="ETHUSDT", c=1.5)
     frame = parse_frame(dumps({"stream": "!miniTicker@arr", "data": [ticker(), bad, ticker(symbol="BNBUSDT")]}))
-    assert [e.symbol for e in frame.events] == ["BTCUSDT", "BNBUSDT"]
+    assert symbols(frame) == ["BTCUSDT", "BNBUSDT"]
     [rejected] = frame.rejected
     assert rejected.reason.startswith("item 2 of 3 (stream '!miniTicker@arr'): field 'c'")
     assert orjson.loads(rejected.raw) == bad
@@ -120,3 +141,48 @@ def test_text_with_a_lone_surrogate_is_rejected_as_not_json_instead_of_raising()
     frame = parse_frame('{"e": "24hrMiniTicker", "s": "\ud800"}')
     assert frame.not_json and not frame.events
     assert frame.rejected[0].reason.startswith("not JSON")
+
+
+# ------------------------------------------------- the fast path agrees with the parser
+
+#: What !miniTicker@arr sends: the fast path's frames, raw and in the combined wrapper.
+PLAIN_ARRAY = dumps([ticker(1, symbol="BTCUSDT"), ticker(2, symbol="ETHUSDT"), ticker(3, symbol="1000SATSUSDT")])
+PLAIN_FRAMES = [PLAIN_ARRAY, b'{"stream":"!miniTicker@arr","data":' + PLAIN_ARRAY + b"}"]
+
+
+@pytest.mark.parametrize("raw", PLAIN_FRAMES, ids=["raw", "combined"])
+def test_an_array_in_binance_layout_is_published_as_its_own_bytes_without_parsing(raw):
+    assert plain_frame_events(raw) is not None
+    frame = parse_frame(raw)
+    assert frame == parse_json_frame(raw)
+    assert [value for value, _, _ in frame.events] == [dumps(item) for item in orjson.loads(PLAIN_ARRAY)]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"stream":"a\\"b","data":' + PLAIN_ARRAY + b"}",  # an escape in the stream name
+        b'{"stream":"\xc3\xa9","data":' + PLAIN_ARRAY + b"}",  # not ASCII
+        b'{"stream":"x","data":' + PLAIN_ARRAY + b',"id":1}',  # another key
+        b'{"data":' + PLAIN_ARRAY + b',"stream":"x"}',  # other order
+        b'{"stream":"x","data":' + PLAIN_ARRAY + b"}}",
+        b'{"stream":"x","data":' + PLAIN_ARRAY,
+        b'{"stream":"x","data":' + dumps(ticker()) + b"}",  # one event, not an array
+        b'{"stream":1,"data":' + PLAIN_ARRAY + b"}",
+        PLAIN_ARRAY.replace(b'"c":"1.0025', b'"c":"1.00x5'),
+        PLAIN_ARRAY.replace(b'"s":"ETHUSDT"', b'"s":"ethusdt"'),
+        PLAIN_ARRAY.replace(b"},{", b"}, {", 1),
+        dumps({"stream": "x", "data": [ticker(), {"e": "serverShutdown", "E": 1_700_000_000_000}]}),
+    ],
+)
+def test_near_misses_take_the_parser_and_give_what_it_gives(raw):
+    assert plain_frame_events(raw) is None
+    assert parse_frame(raw) == parse_json_frame(raw)
+
+
+@PROPERTY
+@example(PLAIN_FRAMES[1].replace(b"!miniTicker@arr", b"!miniTicker@arr "))  # still plain: same events
+@given(st.sampled_from(PLAIN_FRAMES).flatmap(mutations))
+def test_any_mutated_frame_gives_what_the_parser_gives(raw):
+    # Same events (bytes, keys, timestamps), rejected items (reasons, bytes), answers and signals.
+    assert parse_frame(raw) == parse_json_frame(raw)

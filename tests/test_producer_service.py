@@ -244,7 +244,7 @@ def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafk
     for n in range(300):
         event = validate(ticker(n, symbol=f"SYM{n % 7}"))
         assert isinstance(event, MiniTicker)
-        events.append(event)
+        events.append((event.to_json(), event.symbol.encode(), event.event_time))
 
     async def publish_all() -> tuple[int, Stats]:
         stats = Stats()
@@ -259,4 +259,5 @@ def test_a_full_local_queue_makes_publishing_wait_and_loses_nothing(broker, kafk
     left, stats = asyncio.run(publish_all())
     assert stats.queue_full > 0, "the queue never filled: the test did not test anything"
     assert left == 0 and stats.delivery_failures == 0
-    assert_exactly_once(published_keys(broker, settings.kafka.topic), [(e.symbol, e.event_time) for e in events])
+    expected = [(key.decode(), timestamp) for _, key, timestamp in events]
+    assert_exactly_once(published_keys(broker, settings.kafka.topic), expected)
