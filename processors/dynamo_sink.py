@@ -32,10 +32,9 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import botocore.exceptions
@@ -104,7 +103,7 @@ class DynamoTableSink(CheckingSink):
         jitter: Callable[[], float] = random.random,
         on_progress: Callable[[], None] = lambda: None,
     ):
-        super().__init__(STAGE)
+        super().__init__(STAGE, writers=writers)
         self.client = client
         self.table = table
         self.ttl_days = ttl_days
@@ -121,22 +120,9 @@ class DynamoTableSink(CheckingSink):
         self._cutter = items.RequestCutter()
         self._in_flight: list[tuple[_Request, Future[_Outcome]]] = []  # this checkpoint's requests
         self._events_read: Counter[tuple[str, int]] = Counter()  # this checkpoint's, per topic-partition
-        self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dynamo-writer")
 
     def __repr__(self) -> str:
         return f"<DynamoTableSink table={self.table!r}>"
-
-    def __enter__(self) -> DynamoTableSink:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop the writer threads (waiting for any write in flight)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ setup
 
@@ -186,7 +172,7 @@ class DynamoTableSink(CheckingSink):
                 self._events_read[topic, partition] += 1
                 request = self._cutter.add(item)
                 if request is not None:
-                    self._in_flight.append((request, self._pool.submit(self._put, request)))
+                    self._in_flight.append((request, self.writer_pool.submit(self._put, request)))
                 return
         self.dead_letters.reject(
             reason, value, topic=topic, partition=partition, offset=offset, key=key, timestamp=timestamp
@@ -198,10 +184,10 @@ class DynamoTableSink(CheckingSink):
         DestinationError (Quix commits nothing)."""
         try:
             rest, late = self._cutter.finish()
-            self._in_flight += [(request, self._pool.submit(self._put, request)) for request in rest]
+            self._in_flight += [(request, self.writer_pool.submit(self._put, request)) for request in rest]
             outcomes = self._wait(self._in_flight)
             if late:  # keys already written in this checkpoint: only now may they be rewritten
-                outcomes += self._wait([(request, self._pool.submit(self._put, request)) for request in late])
+                outcomes += self._wait([(request, self.writer_pool.submit(self._put, request)) for request in late])
         finally:
             self._in_flight = []
             events_read, self._events_read = self._events_read, Counter()

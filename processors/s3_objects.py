@@ -248,12 +248,21 @@ def _offset(row: Row) -> int:
     return row[0]
 
 
-def next_object(layout: Layout, hour: datetime, rows: Sequence[Row], stored_through: int) -> S3Object | None:
+def unstored(rows: Sequence[Row], stored_through: int) -> Sequence[Row]:
+    """The rows after offset ``stored_through`` (``rows`` are in offset order)."""
+    return rows[bisect.bisect_right(rows, stored_through, key=_offset) :]
+
+
+def next_object(
+    layout: Layout, hour: datetime, rows: Sequence[Row], stored_through: int, *, full_only: bool = False
+) -> S3Object | None:
     """The next link of the hour's chain: up to ``max_rows`` of ``rows`` after offset
-    ``stored_through``; None when every row is stored."""
-    start = bisect.bisect_right(rows, stored_through, key=_offset)  # rows are in offset order
-    rest = rows[start : start + layout.max_rows]
-    return make_object(layout, hour, rest) if rest else None
+    ``stored_through``; None when every row is stored (or, ``full_only``, when fewer than
+    ``max_rows`` are left)."""
+    rest = unstored(rows, stored_through)[: layout.max_rows]
+    if not rest or (full_only and len(rest) < layout.max_rows):
+        return None
+    return make_object(layout, hour, rest)
 
 
 class ForeignObjectError(DestinationError):
@@ -265,14 +274,23 @@ class ForeignObjectError(DestinationError):
 Create = Callable[[S3Object], Extent | None]
 
 
-def walk_hour(layout: Layout, hour: datetime, rows: Sequence[Row], stored_through: int, create: Create) -> int:
+def walk_hour(
+    layout: Layout,
+    hour: datetime,
+    rows: Sequence[Row],
+    stored_through: int,
+    create: Create,
+    *,
+    full_only: bool = False,
+) -> int:
     """Store one hour's ``rows`` of a batch along the hour's chain, starting after offset
     ``stored_through``; return the offset through which the chain is now stored.
 
     A key that is taken (``create`` returns its extent) means its rows are stored: the walk
-    continues after that object's last offset, however long it is.
+    continues after that object's last offset, however long it is. ``full_only`` stops
+    before a last object of fewer than ``max_rows`` rows.
     """
-    while (obj := next_object(layout, hour, rows, stored_through)) is not None:
+    while (obj := next_object(layout, hour, rows, stored_through, full_only=full_only)) is not None:
         existing = create(obj)
         if existing is None:
             stored_through = obj.extent.last_offset
@@ -327,14 +345,36 @@ def store_batch(
     Raises whatever ``create``/``previous`` raise, leaving ``progress`` as it was: a replay
     from the same start uses it again.
     """
+    progress, left = store_rows(items, layout, progress, create, previous, full_only=False)
+    assert not left
+    return progress
+
+
+def store_rows(
+    items: Sequence[Row],
+    layout: Layout,
+    progress: Progress,
+    create: Create,
+    previous: Previous,
+    *,
+    full_only: bool,
+) -> tuple[Progress, list[Row]]:
+    """:func:`store_batch`, or, ``full_only``, only the full objects of ``items``: a part of
+    a batch whose rest is still being read. Returns the progress, and the rows left
+    unstored (each hour's last rows, fewer than ``max_rows``), to store with the rows read
+    next: the progress is that of a batch ending right before the first of them.
+    """
     if not items:
-        return progress
+        return progress, []
     contiguous = items[0][0] == progress.last_offset + 1
     base = progress if contiguous else Progress()
     stored: dict[datetime, int] = {}
+    left: list[Row] = []
     for hour, rows in by_hour(items).items():
         start = base.known(hour, items[0][0])
         if start is None:
             start = resume_after(previous(hour, rows[0][0]))
-        stored[hour] = walk_hour(layout, hour, rows, start, create)
-    return base.after(items[-1][0], stored)
+        stored[hour] = walk_hour(layout, hour, rows, start, create, full_only=full_only)
+        left += unstored(rows, stored[hour])
+    left.sort(key=_offset)
+    return base.after(left[0][0] - 1 if left else items[-1][0], stored), left

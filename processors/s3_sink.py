@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ from processors.s3_objects import (
     Row,
     S3Object,
     key_first_offset,
-    store_batch,
+    store_rows,
     to_row,
 )
 from processors.stream import CheckingSink, StreamPlan, backpressure_backoff, build_application, state_directory
@@ -86,13 +87,21 @@ CHECKPOINT_OBJECTS = 10
 WRITE_BUDGET = 15.0
 
 
+class _Skipped(Exception):
+    """A store not tried because an earlier one of its checkpoint failed."""
+
+
 class S3JsonlSink(CheckingSink):
     """Puts each partition's batch as JSONL objects; see the module docstring for failures.
 
     Quix hands it each message as read (``add``): a valid event becomes a row of its
     partition's batch, its bytes unchanged (:func:`~processors.s3_objects.to_row`), anything
-    else goes to the DLQ with the reason. When the checkpoint closes (``flush``), each
-    partition's rows are stored, and only then does Quix commit the offsets.
+    else goes to the DLQ with the reason. Each time a partition has ``max_rows`` rows, they
+    go to the writer thread, which stores them while Quix reads on; when the checkpoint
+    closes (``flush``), the rest go too, every store of the checkpoint is awaited, and only
+    then does Quix commit the offsets. One writer thread stores everything in the order
+    handed over, so each partition's chain is walked by one writer at a time, in order.
+    Close the sink (or use it as a context manager) when the run ends.
 
     ``objects_written`` / ``rows_written`` count objects created; ``objects_found`` counts
     puts refused because the key was already written (by a lost attempt or another instance);
@@ -112,7 +121,7 @@ class S3JsonlSink(CheckingSink):
         clock: Callable[[], float] = time.monotonic,
         on_progress: Callable[[], None] = lambda: None,
     ):
-        super().__init__(STAGE)
+        super().__init__(STAGE, writers=1)
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
@@ -128,7 +137,15 @@ class S3JsonlSink(CheckingSink):
         self._on_progress = on_progress  # after each put: a long flush keeps the heartbeat fresh
         self._checked = False
         self._progress: dict[tuple[str, int], Progress] = {}  # per topic-partition, see s3_objects
-        self._rows: dict[tuple[str, int], list[Row]] = {}  # the open checkpoint's, per topic-partition
+        self._rows: dict[tuple[str, int], list[Row]] = {}  # not handed to the writer yet, per topic-partition
+        self._stores: list[Future[None]] = []  # the open checkpoint's, in the order handed over
+        self._handed_over: set[tuple[str, int]] = set()  # the partitions the open checkpoint handed rows of
+        self._flush_started: float | None = None  # from then on, stores run against the write budget
+        self._checkpoint = 0  # counts checkpoints closed or dropped: which one a store belongs to
+        self._failed_checkpoint = -1  # the last one a store failed in
+        # Per topic-partition, on the writer thread: rows a store left for the next (fewer
+        # than an object's worth of an hour), and the checkpoint they belong to.
+        self._left: dict[tuple[str, int], tuple[int, list[Row]]] = {}
 
     def __repr__(self) -> str:
         return f"<S3JsonlSink s3://{self.bucket}/{self.prefix}>"
@@ -196,20 +213,51 @@ class S3JsonlSink(CheckingSink):
             self._rows[topic, partition] = [row]
         else:
             rows.append(row)
+            if len(rows) >= self.max_rows:  # an object's worth: store it while Quix reads on
+                self._hand_over(topic, partition)
+
+    def _hand_over(self, topic: str, partition: int) -> None:
+        rows = self._rows.pop((topic, partition))
+        self._handed_over.add((topic, partition))
+        self._submit(topic, partition, rows, last=False)
+
+    def _submit(self, topic: str, partition: int, rows: list[Row], *, last: bool) -> None:
+        self._stores.append(self.writer_pool.submit(self._store, topic, partition, rows, self._checkpoint, last))
 
     def flush(self) -> None:
-        """Quix's checkpoint closes: store each partition's batch, then return (Quix commits),
-        or raise SinkBackpressureError / DestinationError (Quix commits nothing)."""
-        started = self._clock()  # the write budget is the flush's, across its partitions
+        """Quix's checkpoint closes: store the rest of each partition's rows, wait for every
+        store of the checkpoint, then return (Quix commits), or raise SinkBackpressureError /
+        DestinationError (Quix commits nothing)."""
+        self._flush_started = self._clock()
         try:
-            for (topic, partition), rows in self._rows.items():
-                self._store(topic, partition, rows, started)
+            # Every partition of the checkpoint, even one with no rows since its last hand-over:
+            # its last store writes what the earlier ones left.
+            for topic, partition in self._rows.keys() | self._handed_over:
+                rows = self._rows.get((topic, partition), [])
+                self._stores.append(
+                    self.writer_pool.submit(self._store, topic, partition, rows, self._checkpoint, True)
+                )
+            failures = []
+            for store in self._stores:
+                failure = store.exception()
+                self._on_progress()  # on the loop's thread: a long flush keeps the heartbeat fresh
+                if failure is not None and not isinstance(failure, _Skipped):
+                    failures.append(failure)
         finally:
-            self._rows = {}
+            self._rows, self._stores, self._handed_over, self._flush_started = {}, [], set(), None
+            self._checkpoint += 1
+        if failures:
+            # Something S3 refused for good wins over a pause: waiting would not fix it.
+            raise next((f for f in failures if isinstance(f, DestinationError)), failures[0])
+        self._backpressure.reset()
 
     def on_paused(self) -> None:
-        """Quix drops the checkpoint (backpressure, lost membership): forget its rows."""
-        self._rows = {}
+        """Quix drops the checkpoint (backpressure elsewhere, lost membership): forget its
+        rows. Stores already handed over finish on their own; a replay finds what they wrote."""
+        for store in self._stores:
+            store.cancel()
+        self._rows, self._stores, self._handed_over = {}, [], set()
+        self._checkpoint += 1
 
     def write(self, batch: SinkBatch) -> None:
         """Store ``batch`` (raw message values) as one checkpoint would: :meth:`add` each, then :meth:`flush`."""
@@ -217,27 +265,47 @@ class S3JsonlSink(CheckingSink):
             self.add(item.value, item.key, item.timestamp, item.headers, batch.topic, batch.partition, item.offset)
         self.flush()
 
-    def _store(self, topic: str, partition: int, rows: list[Row], started: float) -> None:
-        """Store one partition's rows; raise SinkBackpressureError so Quix replays the batch
-        later, or DestinationError when S3 refuses it for good (see the module docstring)."""
+    def _store(self, topic: str, partition: int, rows: list[Row], checkpoint: int, last: bool) -> None:
+        """Store rows of one partition, on the writer thread: only full objects unless they
+        are the ``last`` of the checkpoint, the rest left for the partition's next rows (so
+        objects stay full however the rows were handed over). Raise SinkBackpressureError
+        so Quix replays the checkpoint later, or DestinationError when S3 refuses it for
+        good (see the module docstring). After a failure the checkpoint's other stores do
+        nothing: the replay will redo them."""
+        if checkpoint == self._failed_checkpoint:
+            raise _Skipped
+        left_checkpoint, left = self._left.pop((topic, partition), (checkpoint, []))
+        if left_checkpoint == checkpoint:  # a dropped checkpoint's rows are replayed, not kept
+            rows = left + rows
+        try:
+            left = self._store_rows(topic, partition, rows, full_only=not last)
+        except BaseException:
+            self._failed_checkpoint = checkpoint
+            raise
+        if left:
+            self._left[topic, partition] = (checkpoint, left)
+
+    def _store_rows(self, topic: str, partition: int, rows: list[Row], *, full_only: bool) -> list[Row]:
         layout = Layout(self.prefix, topic, partition, self.max_rows, self.compression)
 
         def create(obj: S3Object) -> Extent | None:
-            if self._clock() - started > self._write_budget:
+            started = self._flush_started
+            if started is not None and self._clock() - started > self._write_budget:
                 raise self._pause(f"writing took over {self._write_budget:.0f} s", obj.key)
             return self._create(obj)
 
         try:
-            self._progress[topic, partition] = store_batch(
+            self._progress[topic, partition], left = store_rows(
                 rows,
                 layout,
                 self._progress.get((topic, partition), Progress()),
                 create,
                 lambda hour, first_offset: self._previous(layout, hour, first_offset),
+                full_only=full_only,
             )
         except ForeignObjectError as exc:
             raise DestinationError(f"{self._label()} holds an object the sink did not write: {exc}") from None
-        self._backpressure.reset()
+        return left
 
     def _create(self, obj: S3Object) -> Extent | None:
         """Put ``obj`` unless its key exists (If-None-Match: *); return the existing object's extent if it does."""
@@ -265,7 +333,6 @@ class S3JsonlSink(CheckingSink):
             raise self._failure(exc, "PutObject", obj.key) from None
         self.objects_written += 1
         self.rows_written += obj.rows
-        self._on_progress()
         log.info("wrote s3://%s/%s (%d rows)", self.bucket, obj.key, obj.rows)
         return None
 
@@ -363,7 +430,13 @@ def run(settings: S3SinkSettings) -> int:
         settings.monitoring,
         written=lambda: {"ObjectsWritten": sink.objects_written, "RowsWritten": sink.rows_written},
     )
-    sink = jsonl_sink(settings, on_progress=telemetry.progress)
+    with jsonl_sink(settings, on_progress=telemetry.progress) as sink:
+        _consume(settings, sink, telemetry)
+    log.info("stopped: %d objects, %d rows written", sink.objects_written, sink.rows_written)
+    return 0
+
+
+def _consume(settings: S3SinkSettings, sink: S3JsonlSink, telemetry: SinkTelemetry) -> None:
     sink.setup()  # before Kafka: a wrong bucket is reported at once, alone
     with state_directory(STAGE) as state_dir:
         app = application(settings, sink, state_dir, telemetry)
@@ -379,5 +452,3 @@ def run(settings: S3SinkSettings) -> int:
         )
         with telemetry:  # the heartbeat file exists while the loop runs
             app.run()
-    log.info("stopped: %d objects, %d rows written", sink.objects_written, sink.rows_written)
-    return 0

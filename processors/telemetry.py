@@ -13,12 +13,13 @@ stuck anywhere (a call that never returns, a deadlock) stops both, and
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+import orjson
 
 from crypto_live.health import Heartbeat
 from crypto_live.metrics import MetricsReporter, Sample, consumer_lag
@@ -68,7 +69,8 @@ class SinkTelemetry:
         """librdkafka's statistics, served by ``consumer.poll()`` on the Quix loop."""
         self.heartbeat.beat()
         try:
-            self._lag = consumer_lag(json.loads(stats_json), self._topic)
+            # orjson: librdkafka's statistics are tens of kB twice a second, on the poll loop.
+            self._lag = consumer_lag(orjson.loads(stats_json), self._topic)
         except (ValueError, TypeError, AttributeError) as exc:
             log.debug("unreadable librdkafka statistics: %s", exc)
         if self._metrics is not None:

@@ -68,7 +68,7 @@ def run_until(settings: DynamoSinkSettings, sink: DynamoTableSink, condition: Ca
 
 
 def writer_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("dynamo-writer") and t.is_alive()}
+    return {t for t in threading.enumerate() if t.name.startswith("dynamo-sink-writer") and t.is_alive()}
 
 
 def test_one_exact_row_per_event_poison_dead_lettered_and_a_replay_changes_nothing(env, dynamodb, table):

@@ -215,7 +215,7 @@ def test_an_error_waiting_cannot_fix_wins_over_backpressure_in_the_same_batch():
 
 
 def writer_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("dynamo-writer")}
+    return {t for t in threading.enumerate() if t.name.startswith("dynamo-sink-writer")}
 
 
 def test_closing_the_sink_stops_its_writer_threads():

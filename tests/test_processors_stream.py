@@ -19,7 +19,7 @@ class CollectingSink(CheckingSink):
     """Keeps the valid events it is given and dead-letters the rest, as the real sinks do."""
 
     def __init__(self) -> None:
-        super().__init__("test")
+        super().__init__("test", writers=1)
         self.rows: list[tuple[int, dict]] = []
 
     def add(self, value, key, timestamp, headers, topic, partition, offset):

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
+import pytest
 
-from processors.s3_objects import Extent, Layout, Progress, S3Object, key_first_offset, store_batch
+from processors.s3_objects import Extent, Layout, Progress, S3Object, key_first_offset, store_batch, store_rows
 from tests.factories import s3_row
 from tests.test_s3_objects import HOUR_22, HOUR_MS, event, lines
 
@@ -67,20 +68,34 @@ class Crash(Exception):
 
 
 class Writer:
-    """One sink instance's view of the partition: what it remembers between batches."""
+    """One sink instance's view of the partition: what it remembers between batches.
 
-    def __init__(self, store: Store):
+    With ``parts``, a batch is stored as the sink stores it while reading: in parts cut at
+    random, only full objects until the last part, each part's leftover rows carried into
+    the next (processors.s3_sink.S3JsonlSink._store)."""
+
+    def __init__(self, store: Store, parts: random.Random | None = None):
         self.store = store
         self.progress = Progress()
+        self.parts = parts
 
     def write(self, batch: list[tuple[int, dict]], create: Callable[[S3Object], Extent | None] | None = None) -> None:
-        self.progress = store_batch(
-            [s3_row(offset, event) for offset, event in batch],
-            self.store.layout,
-            self.progress,
-            create or self.store.create,
-            self.store.previous,
-        )
+        rows = [s3_row(offset, event) for offset, event in batch]
+        create = create or self.store.create
+        if self.parts is None:
+            self.progress = store_batch(rows, self.store.layout, self.progress, create, self.store.previous)
+            return
+        cuts = sorted(self.parts.sample(range(1, len(rows)), k=max(0, min(len(rows) - 1, self.parts.randint(0, 3)))))
+        left: list = []
+        for start, end in zip([0, *cuts], [*cuts, len(rows)], strict=True):
+            self.progress, left = store_rows(
+                left + rows[start:end],
+                self.store.layout,
+                self.progress,
+                create,
+                self.store.previous,
+                full_only=end < len(rows),
+            )
 
 
 def batch_of(stream: Stream, start: int, end: int) -> list[tuple[int, dict]]:
@@ -103,11 +118,15 @@ def failing_after(store: Store, puts: int) -> Callable[[S3Object], Extent | None
 class Partition:
     """One partition's committed offset and its current owner; batches cut at random."""
 
-    def __init__(self, stream: Stream, scheme: Scheme, max_batch: int, rng: random.Random):
+    def __init__(self, stream: Stream, scheme: Scheme, max_batch: int, rng: random.Random, in_parts: bool = False):
         self.stream, self.max_batch, self.rng = stream, max_batch, rng
         self.store = Store(scheme)
         self.committed = 0
-        self.owner = Writer(self.store)
+        self.in_parts = in_parts
+        self.owner = self.writer()
+
+    def writer(self) -> Writer:
+        return Writer(self.store, parts=self.rng if self.in_parts else None)
 
     def next_batch(self) -> tuple[int, list[tuple[int, dict]]]:
         end = min(len(self.stream), self.committed + self.rng.randint(1, self.max_batch))
@@ -123,7 +142,7 @@ class Partition:
                 self.owner.write(batch, failing_after(self.store, self.rng.randint(0, 3)))
             except Crash:
                 if roll < 0.25:
-                    self.owner = Writer(self.store)  # kill -9: memory gone
+                    self.owner = self.writer()  # kill -9: memory gone
                 return  # nothing committed
         else:
             self.owner.write(batch)
@@ -155,7 +174,7 @@ class Partition:
         thread = threading.Thread(target=run)
         thread.start()
         frozen.wait()
-        self.owner = Writer(self.store)
+        self.owner = self.writer()
         for _ in range(self.rng.randint(0, 3)):
             if self.committed < len(self.stream):
                 self.step()
@@ -193,11 +212,11 @@ def expected(stream: Stream) -> Counter:
     return Counter(orjson.dumps(e) for e in stream if e is not None)
 
 
-def simulate(seed: int, *, zombies: bool, scheme: Scheme | None = None) -> tuple[Store, Stream]:
+def simulate(seed: int, *, zombies: bool, scheme: Scheme | None = None, in_parts: bool = False) -> tuple[Store, Stream]:
     rng = random.Random(seed)
     stream = random_stream(rng, rng.randint(1, 80))
     scheme = scheme or Scheme(max_rows=rng.randint(1, 6))
-    return Partition(stream, scheme, max_batch=rng.randint(1, 15), rng=rng).run(zombies), stream
+    return Partition(stream, scheme, max_batch=rng.randint(1, 15), rng=rng, in_parts=in_parts).run(zombies), stream
 
 
 def assert_one_chain_per_hour(store: Store) -> None:
@@ -211,18 +230,31 @@ def assert_one_chain_per_hour(store: Store) -> None:
         assert all(a.last_offset < b.first_offset for a, b in zip(extents, extents[1:], strict=False))
 
 
-def test_every_event_is_stored_exactly_once_whatever_the_crashes_and_cuts():
+@pytest.mark.parametrize("in_parts", [False, True], ids=["whole batches", "batches stored in parts"])
+def test_every_event_is_stored_exactly_once_whatever_the_crashes_and_cuts(in_parts):
     for seed in range(300):
-        store, stream = simulate(seed, zombies=False)
+        store, stream = simulate(seed, zombies=False, in_parts=in_parts)
         assert store.events() == expected(stream), f"seed {seed}"
         assert_one_chain_per_hour(store)
 
 
-def test_every_event_is_stored_exactly_once_whatever_the_zombies():
+@pytest.mark.parametrize("in_parts", [False, True], ids=["whole batches", "batches stored in parts"])
+def test_every_event_is_stored_exactly_once_whatever_the_zombies(in_parts):
     for seed in range(300):
-        store, stream = simulate(seed, zombies=True)
+        store, stream = simulate(seed, zombies=True, in_parts=in_parts)
         assert store.events() == expected(stream), f"seed {seed}"
         assert_one_chain_per_hour(store)
+
+
+def test_a_batch_stored_in_parts_gives_the_objects_it_gives_stored_whole():
+    for seed in range(200):
+        rng = random.Random(seed)
+        stream = [e for e in random_stream(rng, rng.randint(1, 80)) if e is not None]
+        scheme = Scheme(max_rows=rng.randint(1, 6))
+        whole, in_parts = Store(scheme), Store(scheme)
+        Writer(whole).write(list(enumerate(stream)))
+        Writer(in_parts, parts=rng).write(list(enumerate(stream)))
+        assert in_parts.objects == whole.objects, f"seed {seed}"
 
 
 def test_batches_are_cut_into_full_objects():

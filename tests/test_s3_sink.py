@@ -27,6 +27,7 @@ from processors.s3_objects import GZIP_CONTENT_TYPE, JSONL_CONTENT_TYPE
 from processors.s3_sink import STAGE, S3JsonlSink, application, jsonl_sink, run
 from processors.stream import backpressure_backoff, state_directory
 from tests.factories import (
+    BASE_TIME_MS,
     assert_exactly_once,
     committed,
     key_of,
@@ -470,3 +471,33 @@ def test_objects_fill_up_to_max_batch_size_with_several_busy_partitions(kafka_en
     sizes = Counter(len(rows) for rows in objects.values())
     assert max(sizes) == 20
     assert sizes[20] * 20 >= 0.75 * len(events), sizes  # measured: 87 %; before: 50 %
+
+
+# --------------------------------------------------------------------------- storing while reading
+
+
+def test_objects_are_stored_while_the_checkpoint_is_still_being_read(s3, bucket):
+    sink = S3JsonlSink(boto3.client("s3", region_name=REGION), bucket, "raw", max_rows=30)
+    events = [ticker(n) for n in range(75)]
+    for offset, event in enumerate(events):
+        sink.add(orjson.dumps(event), event["s"].encode(), event["E"], [], "ticks", 0, offset)
+    # Two objects' worth were read: they are stored before the checkpoint closes.
+    wait_for(lambda: key_count(s3, bucket) == 2, 30, what="the two full objects, before the flush")
+    sink.flush()
+    objects = stored(s3, bucket)
+    assert sorted((first_offset(key), len(rows)) for key, rows in objects.items()) == [(0, 30), (30, 30), (60, 15)]
+    assert_exactly_once([key_of(row) for row in all_rows(objects)], map(key_of, events))
+    sink.close()
+
+
+def test_rows_an_hour_change_left_over_are_stored_when_the_checkpoint_closes(s3, bucket):
+    """An object's worth of rows handed over across an hour boundary makes two partial
+    objects' worth, which wait for more rows; with none coming, the checkpoint's close stores them."""
+    hour_ms = 3_600_000
+    next_hour = BASE_TIME_MS - BASE_TIME_MS % hour_ms + hour_ms
+    events = [ticker(n, event_time=next_hour - 20 + n) for n in range(30)]  # 20 in one hour, 10 in the next
+    with S3JsonlSink(boto3.client("s3", region_name=REGION), bucket, "raw", max_rows=30) as sink:
+        sink.write(sink_batch(events, topic="ticks"))
+    objects = stored(s3, bucket)
+    assert sorted((first_offset(key), len(rows)) for key, rows in objects.items()) == [(0, 20), (20, 10)]
+    assert_exactly_once([key_of(row) for row in all_rows(objects)], map(key_of, events))
