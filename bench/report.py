@@ -59,8 +59,8 @@ TARGETS: tuple[Target, ...] = (
     Target("producer >= 0.5x raw produce", "producer_events_per_s", True, 0.5, "raw_produce_events_per_s",
            contender="raw confluent-kafka"),
     Target("S3 latency p99 <= MAX_BATCH_TIMEOUT + 1 s", "s3_latency_p99_s", False, 1.0, "max_batch_timeout_s", 1.0),
-    Target("DynamoDB latency p99 <= MAX_BATCH_TIMEOUT + 1 s", "dynamo_latency_p99_s", False, 1.0,
-           "max_batch_timeout_s", 1.0),
+    Target("DynamoDB latency p99 <= DYNAMO_MAX_BATCH_TIMEOUT + 1 s", "dynamo_latency_p99_s", False, 1.0,
+           "dynamo_max_batch_timeout_s", 1.0),
     Target("producer peak RSS <= 150 MB", "producer_rss_mb", False, offset=RSS_LIMIT_MB),
     Target("S3 sink peak RSS <= 150 MB", "s3_sink_rss_mb", False, offset=RSS_LIMIT_MB),
     Target("DynamoDB sink peak RSS <= 150 MB", "dynamo_sink_rss_mb", False, offset=RSS_LIMIT_MB),
@@ -143,9 +143,27 @@ def markdown(judged: list[Verdict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Informational figures worth a line in results.md (results.json has every one).
+EXPLAINED = {
+    "quix_floor_bytes_events_per_s": "Quix floor with the bytes deserializer, events/s",
+    "s3_sink_cpu_us_per_event": "crypto-live s3-sink, CPU µs per event",
+    "stock_s3filesink_cpu_us_per_event": "S3FileSink, CPU µs per event",
+    "quix_floor_cpu_us_per_event": "Quix floor (json), CPU µs per event",
+    "quix_floor_bytes_cpu_us_per_event": "Quix floor (bytes), CPU µs per event",
+    "s3_sink_bench_rss_mb": "s3-sink peak RSS draining the 200,000-event backlog, MB",
+    "dynamo_sink_cpu_us_per_event": "dynamo-sink, CPU µs per event (botocore included)",
+    "dynamo_sink_backlog_at_close_events": "dynamo-sink backlog at 2,000 events/s when the window closed, events",
+    "s3_latency_p99_at_500_s": "S3 latency p99 at 500 events/s, s",
+    "dynamo_latency_p99_at_500_s": "DynamoDB latency p99 at 500 events/s (a rate moto keeps up with), s",
+    "dynamo_sink_backlog_at_close_at_500_events": "dynamo-sink backlog at 500 events/s when the window closed, events",
+}
+
+
 def figures_markdown(results: dict[str, object]) -> str:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| `{key}` | {_number(figure(results, key))} |" for key in ALL_KEYS]
+    lines += ["", "| informational | value |", "|---|---|"]
+    lines += [f"| {text} (`{key}`) | {_number(figure(results, key))} |" for key, text in EXPLAINED.items()]
     return "\n".join(lines) + "\n"
 
 

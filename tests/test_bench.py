@@ -46,6 +46,7 @@ def test_nothing_measured_means_no_pass_at_all() -> None:
     assert {v.verdict for v in verdicts({})} == {NOT_MEASURED}
 
 
+@pytest.mark.long
 def test_quick_run_writes_every_key_and_the_three_files(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
