@@ -10,7 +10,7 @@ Latency = the moment an event became readable in the store minus its event time 
 (the simulator stamps ``E`` with the wall clock in ms, on this machine). Only events of
 the measured window count: it opens once both sinks have caught up with the backlog the
 start-up left (or after a warm-up limit; ``latency_warmup_s`` says which), and lasts ~30 s
-(quick: ~8 s).
+(quick: ~4 s).
 
 Readers, from outside the services:
 
@@ -57,7 +57,7 @@ RATE = 2000.0
 EMULATOR_RATE = 500.0
 SYMBOLS = 400
 FULL_S = 30.0
-QUICK_S = 8.0
+QUICK_S = 4.0
 POLL_S = 0.1
 #: DynamoDB: follow one event in this many (by key hash).
 DYNAMO_SAMPLE = 4
@@ -69,7 +69,7 @@ GETS_PER_CYCLE = 3
 #: CAUGHT_UP_S earlier. A sink that never catches up opens it after at most this warm-up.
 CAUGHT_UP_S = 2.0
 WARMUP_S = 60.0
-QUICK_WARMUP_S = 5.0
+QUICK_WARMUP_S = 3.0
 #: After the window, wait at most this long beyond the batch timeout for its last rows (an
 #: event not seen by then counts as seen then: a lower bound, and the count is reported).
 SETTLE_S = 20.0

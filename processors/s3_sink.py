@@ -55,7 +55,7 @@ from quixstreams.sinks import SinkBackpressureError, SinkBatch
 
 from crypto_live import aws
 from crypto_live.backoff import Backoff
-from crypto_live.errors import BucketSetupError, DestinationError
+from crypto_live.errors import BucketSetupError, CryptoLiveError, DestinationError
 from crypto_live.event import Invalid
 from crypto_live.settings import S3SinkSettings
 from processors.s3_objects import (
@@ -87,8 +87,8 @@ CHECKPOINT_OBJECTS = 10
 WRITE_BUDGET = 15.0
 
 
-class _Skipped(Exception):
-    """A store not tried because an earlier one of its checkpoint failed."""
+class _Skipped(CryptoLiveError):
+    """A store not tried because an earlier one of its checkpoint failed (never leaves the sink)."""
 
 
 class S3JsonlSink(CheckingSink):
