@@ -182,15 +182,15 @@ class DynamoTableSink(CheckingSink):
         """Quix's checkpoint closes: write what is left, wait for every request of the
         checkpoint, then return (Quix commits), or raise SinkBackpressureError /
         DestinationError (Quix commits nothing)."""
-        try:
-            rest, late = self._cutter.finish()
-            self._in_flight += [(request, self.writer_pool.submit(self._put, request)) for request in rest]
-            outcomes = self._wait(self._in_flight)
-            if late:  # keys already written in this checkpoint: only now may they be rewritten
-                outcomes += self._wait([(request, self.writer_pool.submit(self._put, request)) for request in late])
-        finally:
-            self._in_flight = []
-            events_read, self._events_read = self._events_read, Counter()
+        # Take this checkpoint's state first: a flush Quix abandoned on a revoke (it runs on a
+        # thread of its own, and may outlive its time budget) must never touch the next one's.
+        in_flight, events_read = self._in_flight, self._events_read
+        rest, late = self._cutter.finish()
+        self._in_flight, self._events_read = [], Counter()
+        in_flight += [(request, self.writer_pool.submit(self._put, request)) for request in rest]
+        outcomes = self._wait(in_flight)
+        if late:  # keys already written in this checkpoint: only now may they be rewritten
+            outcomes += self._wait([(request, self.writer_pool.submit(self._put, request)) for request in late])
         refused = next((o for _, o in outcomes if isinstance(o, DestinationError)), None)
         if refused is not None:
             raise refused

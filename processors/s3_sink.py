@@ -140,7 +140,9 @@ class S3JsonlSink(CheckingSink):
         self._rows: dict[tuple[str, int], list[Row]] = {}  # not handed to the writer yet, per topic-partition
         self._stores: list[Future[None]] = []  # the open checkpoint's, in the order handed over
         self._handed_over: set[tuple[str, int]] = set()  # the partitions the open checkpoint handed rows of
-        self._flush_started: float | None = None  # from then on, stores run against the write budget
+        self._flush_started: dict[
+            int, float
+        ] = {}  # per checkpoint being flushed: from then on, its stores run against the write budget
         self._checkpoint = 0  # counts checkpoints closed or dropped: which one a store belongs to
         self._failed_checkpoint = -1  # the last one a store failed in
         # Per topic-partition, on the writer thread: rows a store left for the next (fewer
@@ -219,33 +221,34 @@ class S3JsonlSink(CheckingSink):
     def _hand_over(self, topic: str, partition: int) -> None:
         rows = self._rows.pop((topic, partition))
         self._handed_over.add((topic, partition))
-        self._submit(topic, partition, rows, last=False)
+        self._stores.append(self._submit(topic, partition, rows, self._checkpoint, last=False))
 
-    def _submit(self, topic: str, partition: int, rows: list[Row], *, last: bool) -> None:
-        self._stores.append(self.writer_pool.submit(self._store, topic, partition, rows, self._checkpoint, last))
+    def _submit(self, topic: str, partition: int, rows: list[Row], checkpoint: int, *, last: bool) -> Future[None]:
+        return self.writer_pool.submit(self._store, topic, partition, rows, checkpoint, last)
 
     def flush(self) -> None:
         """Quix's checkpoint closes: store the rest of each partition's rows, wait for every
         store of the checkpoint, then return (Quix commits), or raise SinkBackpressureError /
         DestinationError (Quix commits nothing)."""
-        self._flush_started = self._clock()
+        # Take this checkpoint's state first: a flush Quix abandoned on a revoke (it runs on a
+        # thread of its own, and may outlive its time budget) must never touch the next one's.
+        rows, stores, handed_over, checkpoint = self._rows, self._stores, self._handed_over, self._checkpoint
+        self._rows, self._stores, self._handed_over = {}, [], set()
+        self._checkpoint += 1
+        self._flush_started[checkpoint] = self._clock()
         try:
             # Every partition of the checkpoint, even one with no rows since its last hand-over:
             # its last store writes what the earlier ones left.
-            for topic, partition in self._rows.keys() | self._handed_over:
-                rows = self._rows.get((topic, partition), [])
-                self._stores.append(
-                    self.writer_pool.submit(self._store, topic, partition, rows, self._checkpoint, True)
-                )
+            for topic, partition in rows.keys() | handed_over:
+                stores.append(self._submit(topic, partition, rows.get((topic, partition), []), checkpoint, last=True))
             failures = []
-            for store in self._stores:
+            for store in stores:
                 failure = store.exception()
                 self._on_progress()  # on the loop's thread: a long flush keeps the heartbeat fresh
                 if failure is not None and not isinstance(failure, _Skipped):
                     failures.append(failure)
         finally:
-            self._rows, self._stores, self._handed_over, self._flush_started = {}, [], set(), None
-            self._checkpoint += 1
+            self._flush_started.pop(checkpoint, None)
         if failures:
             # Something S3 refused for good wins over a pause: waiting would not fix it.
             raise next((f for f in failures if isinstance(f, DestinationError)), failures[0])
@@ -278,18 +281,20 @@ class S3JsonlSink(CheckingSink):
         if left_checkpoint == checkpoint:  # a dropped checkpoint's rows are replayed, not kept
             rows = left + rows
         try:
-            left = self._store_rows(topic, partition, rows, full_only=not last)
+            left = self._store_rows(topic, partition, rows, checkpoint, full_only=not last)
         except BaseException:
             self._failed_checkpoint = checkpoint
             raise
         if left:
             self._left[topic, partition] = (checkpoint, left)
 
-    def _store_rows(self, topic: str, partition: int, rows: list[Row], *, full_only: bool) -> list[Row]:
+    def _store_rows(
+        self, topic: str, partition: int, rows: list[Row], checkpoint: int, *, full_only: bool
+    ) -> list[Row]:
         layout = Layout(self.prefix, topic, partition, self.max_rows, self.compression)
 
         def create(obj: S3Object) -> Extent | None:
-            started = self._flush_started
+            started = self._flush_started.get(checkpoint)
             if started is not None and self._clock() - started > self._write_budget:
                 raise self._pause(f"writing took over {self._write_budget:.0f} s", obj.key)
             return self._create(obj)
