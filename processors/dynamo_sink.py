@@ -39,7 +39,7 @@ from typing import Any
 
 import botocore.exceptions
 from quixstreams import Application
-from quixstreams.sinks import SinkBackpressureError, SinkBatch
+from quixstreams.sinks import SinkBackpressureError
 
 from crypto_live import aws, dynamo_table
 from crypto_live.backoff import Backoff, exponential, full_jitter
@@ -142,41 +142,27 @@ class DynamoTableSink(CheckingSink):
 
     # ------------------------------------------------------------------ writing
 
-    def add(
-        self,
-        value: Any,
-        key: Any,
-        timestamp: int,
-        headers: Any,
-        topic: str,
-        partition: int,
-        offset: int,
-    ) -> None:
-        """Take one event of the open checkpoint; a request it fills is written at once.
+    def take(self, value: bytes | None, topic: str, partition: int, offset: int) -> str | None:
+        """Take one event of the open checkpoint; a request it fills is written at once. Why
+        not, for a message that is no valid event or holds a number DynamoDB cannot.
 
         Requests are cut across the checkpoint's partitions (see
         :class:`~processors.dynamo_items.RequestCutter`), so every request but the
         checkpoint's last is full, and they are written by the writer threads while Quix
         reads on: the writes overlap the reading instead of following it.
         """
-        self.counters.consumed += 1
         result = decode(value)
         if isinstance(result, Invalid):
-            reason = result.reason
-        else:
-            try:
-                item = items.to_item(result.fields, self.ttl_days)
-            except ValueError as exc:  # a number DynamoDB cannot hold
-                reason = str(exc)
-            else:
-                self._events_read[topic, partition] += 1
-                request = self._cutter.add(item)
-                if request is not None:
-                    self._in_flight.append((request, self.writer_pool.submit(self._put, request)))
-                return
-        self.dead_letters.reject(
-            reason, value, topic=topic, partition=partition, offset=offset, key=key, timestamp=timestamp
-        )
+            return result.reason
+        try:
+            item = items.to_item(result.fields, self.ttl_days)
+        except ValueError as exc:  # a number DynamoDB cannot hold
+            return str(exc)
+        self._events_read[topic, partition] += 1
+        request = self._cutter.add(item)
+        if request is not None:
+            self._in_flight.append((request, self.writer_pool.submit(self._put, request)))
+        return None
 
     def flush(self) -> None:
         """Quix's checkpoint closes: write what is left, wait for every request of the
@@ -221,20 +207,6 @@ class DynamoTableSink(CheckingSink):
         for _, future in self._in_flight:
             future.cancel()
         self._in_flight = []
-
-    def write(self, batch: SinkBatch) -> None:
-        """Store every event of ``batch`` as one checkpoint would (:meth:`add` each, then :meth:`flush`)."""
-        for sink_item in batch:
-            self.add(
-                sink_item.value,
-                sink_item.key,
-                sink_item.timestamp,
-                sink_item.headers,
-                batch.topic,
-                batch.partition,
-                sink_item.offset,
-            )
-        self.flush()
 
     def _put(self, requests: _Request) -> _Outcome:
         """Write one BatchWriteItem request; returns None, or the failure (never raises)."""

@@ -51,7 +51,7 @@ from typing import Any
 
 import botocore.exceptions
 from quixstreams import Application
-from quixstreams.sinks import SinkBackpressureError, SinkBatch
+from quixstreams.sinks import SinkBackpressureError
 
 from crypto_live import aws
 from crypto_live.backoff import Backoff
@@ -192,24 +192,12 @@ class S3JsonlSink(CheckingSink):
             return f"S3 bucket {self.bucket!r} is in region {actual}, not REGION={self.client.meta.region_name}"
         return f"S3 bucket {self.bucket!r} {self._where()}: HeadBucket failed: {aws.error_text(exc)}"
 
-    def add(
-        self,
-        value: Any,
-        key: Any,
-        timestamp: int,
-        headers: Any,
-        topic: str,
-        partition: int,
-        offset: int,
-    ) -> None:
-        """Take one message of the open checkpoint: a row of its partition's batch, or a dead letter."""
-        self.counters.consumed += 1
+    def take(self, value: bytes | None, topic: str, partition: int, offset: int) -> str | None:
+        """Take one message of the open checkpoint as a row of its partition's batch; why not,
+        for a message that is no valid event."""
         row = to_row(offset, value)
         if isinstance(row, Invalid):
-            self.dead_letters.reject(
-                row.reason, value, topic=topic, partition=partition, offset=offset, key=key, timestamp=timestamp
-            )
-            return
+            return row.reason
         rows = self._rows.get((topic, partition))
         if rows is None:
             self._rows[topic, partition] = [row]
@@ -217,6 +205,7 @@ class S3JsonlSink(CheckingSink):
             rows.append(row)
             if len(rows) >= self.max_rows:  # an object's worth: store it while Quix reads on
                 self._hand_over(topic, partition)
+        return None
 
     def _hand_over(self, topic: str, partition: int) -> None:
         rows = self._rows.pop((topic, partition))
@@ -261,12 +250,6 @@ class S3JsonlSink(CheckingSink):
             store.cancel()
         self._rows, self._stores, self._handed_over = {}, [], set()
         self._checkpoint += 1
-
-    def write(self, batch: SinkBatch) -> None:
-        """Store ``batch`` (raw message values) as one checkpoint would: :meth:`add` each, then :meth:`flush`."""
-        for item in batch:
-            self.add(item.value, item.key, item.timestamp, item.headers, batch.topic, batch.partition, item.offset)
-        self.flush()
 
     def _store(self, topic: str, partition: int, rows: list[Row], checkpoint: int, last: bool) -> None:
         """Store rows of one partition, on the writer thread: only full objects unless they

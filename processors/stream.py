@@ -49,7 +49,7 @@ from quixstreams.internal_producer import InternalProducer
 from quixstreams.kafka import ConnectionConfig
 from quixstreams.models import Topic, TopicConfig
 from quixstreams.processing import ProcessingContext
-from quixstreams.sinks import BatchingSink
+from quixstreams.sinks import BatchingSink, SinkBatch
 
 from crypto_live import dead_letter
 from crypto_live.backoff import Backoff, exponential
@@ -280,8 +280,9 @@ class CheckingSink(BatchingSink):
     sends what it cannot store to :attr:`dead_letters` (bound by :func:`build_application`).
 
     Quix calls ``add`` per message and ``flush`` when the checkpoint closes, nothing
-    else: checking inside the sink spares every message Quix's per-step dataframe work,
-    and lets a sink check in whatever way is cheapest for what it writes.
+    else; a sink implements :meth:`take` (each message) and :meth:`flush`. Checking inside
+    the sink spares every message Quix's per-step dataframe work, and lets a sink check in
+    whatever way is cheapest for what it writes.
     ``counters.consumed`` counts the messages added (the telemetry's EventsPerSecond).
 
     The sink owns ``writers`` threads (:attr:`writer_pool`), to write while Quix reads on:
@@ -308,6 +309,40 @@ class CheckingSink(BatchingSink):
     def close(self) -> None:
         """Stop the writer threads (waiting for any write in progress)."""
         self.writer_pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(
+        self,
+        value: Any,
+        key: Any,
+        timestamp: int,
+        headers: Any,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        """Quix hands over one message: count it, let the sink :meth:`take` it, and dead-letter
+        it, keyed and timed as it was, if the sink says why it cannot store it."""
+        self.counters.consumed += 1
+        reason = self.take(value, topic, partition, offset)
+        if reason is not None:
+            self.dead_letters.reject(
+                reason, value, topic=topic, partition=partition, offset=offset, key=key, timestamp=timestamp
+            )
+
+    def take(self, value: bytes | None, topic: str, partition: int, offset: int) -> str | None:
+        """Take one message of the open checkpoint (its value as read); why it is not
+        something the sink can store, or None once it has it."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """The checkpoint closes: store what it took, or raise (Quix then commits nothing)."""
+        raise NotImplementedError
+
+    def write(self, batch: SinkBatch) -> None:
+        """Store ``batch`` (raw message values) as one checkpoint would: :meth:`add` each, then :meth:`flush`."""
+        for item in batch:
+            self.add(item.value, item.key, item.timestamp, item.headers, batch.topic, batch.partition, item.offset)
+        self.flush()
 
 
 def build_application(

@@ -22,13 +22,12 @@ class CollectingSink(CheckingSink):
         super().__init__("test", writers=1)
         self.rows: list[tuple[int, dict]] = []
 
-    def add(self, value, key, timestamp, headers, topic, partition, offset):
+    def take(self, value, topic, partition, offset):
         result = decode(value)
         if isinstance(result, Invalid):
-            where = {"topic": topic, "partition": partition, "offset": offset}
-            self.dead_letters.reject(result.reason, value, key=key, timestamp=timestamp, **where)
-        else:
-            self.rows.append((offset, result.fields))
+            return result.reason
+        self.rows.append((offset, result.fields))
+        return None
 
     def write(self, batch: SinkBatch):
         raise AssertionError("Quix calls add and flush only")
