@@ -41,18 +41,22 @@ FIELDS: dict[str, str] = {
 }
 DECIMAL_FIELDS = ("c", "o", "h", "l", "v", "q")
 
-_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII only: \d would match any Unicode digit (Arabic-Indic, full-width…)
+_DECIMAL_PATTERN = r"[0-9]+(?:\.[0-9]+)?"  # ASCII only: \d would match any Unicode digit (Arabic-Indic, full-width…)
+_DECIMAL = re.compile(_DECIMAL_PATTERN)
 # The six decimal fields joined by NUL, checked by one match. A NUL inside a field adds a
 # separator, so the match fails and the field-by-field check names the culprit.
-_DECIMALS_JOINED = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:\x00[0-9]+(?:\.[0-9]+)?){" + str(len(DECIMAL_FIELDS) - 1) + "}")
+_DECIMALS_JOINED = re.compile(rf"{_DECIMAL_PATTERN}(?:\x00{_DECIMAL_PATTERN}){{{len(DECIMAL_FIELDS) - 1}}}")
 _FIELD_NAMES = FIELDS.keys()
 # Binance's own layout, compact and in its field order: bytes that match it are a valid
-# event (the symbol and decimals as SYMBOL and _DECIMAL, nothing else in between), so only
-# the event time's range is left to check.
-_QUOTED_DECIMAL = rb'"[0-9]+(?:\.[0-9]+)?"'
+# event (the symbol as SYMBOL, the decimals as _DECIMAL, nothing else in between), so only
+# the event time's range is left to check. Groups: the event time, the symbol.
 _PLAIN_LAYOUT = re.compile(
-    rb'\{"e":"%s","E":([0-9]{13}),"s":"[A-Z0-9]{2,32}",%s\}'
-    % (EVENT_TYPE.encode(), b",".join(b'"%s":%s' % (name.encode(), _QUOTED_DECIMAL) for name in DECIMAL_FIELDS))
+    rb'\{"e":"%s","E":([0-9]{13}),"s":"(%s)",%s\}'
+    % (
+        EVENT_TYPE.encode(),
+        SYMBOL.pattern.encode(),
+        b",".join(b'"%s":"%s"' % (name.encode(), _DECIMAL_PATTERN.encode()) for name in DECIMAL_FIELDS),
+    )
 )
 # Event times outside [2017-01-01, 2100-01-01) are not milliseconds from this exchange
 # (seconds or microseconds would land outside), so they are rejected rather than stored.
@@ -192,12 +196,10 @@ def _json_kind(value: object) -> str:
     return type(value).__name__
 
 
-# _PLAIN_LAYOUT with the symbol captured too, then the comma after an item or the array's
-# closing bracket at its end: matches that cover an array's bytes end to end tile it.
-_PLAIN_SYMBOL = rb'"s":"[A-Z0-9]{2,32}"'
-_PLAIN_ITEM = re.compile(rb"(%s)(?:,|\]\Z)" % _PLAIN_LAYOUT.pattern.replace(_PLAIN_SYMBOL, rb'"s":"([A-Z0-9]{2,32})"'))
-if _PLAIN_ITEM.groups != 3:  # the replace above found nothing: _PLAIN_LAYOUT changed its symbol
-    raise RuntimeError(f"crypto_live.event: _PLAIN_LAYOUT no longer holds the symbol as {_PLAIN_SYMBOL!r}")
+# An item in _PLAIN_LAYOUT, then the comma after it or the array's closing bracket at its
+# end: matches that cover an array's bytes end to end tile it. Groups: the item, then
+# _PLAIN_LAYOUT's (the event time, the symbol).
+_PLAIN_ITEM = re.compile(rb"(%s)(?:,|\]\Z)" % _PLAIN_LAYOUT.pattern)
 
 
 def plain_array_events(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[bytes, bytes, int]] | None:
