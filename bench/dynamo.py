@@ -144,20 +144,9 @@ def _close(sock: socket.socket) -> None:
 
 def dynamo_client(stack: Stack) -> Any:
     """A boto3 DynamoDB client against the stack's moto, pooling enough connections for the writers."""
-    import boto3
-    from botocore.config import Config
-
     from processors.dynamo_sink import WRITERS
 
-    env = stack.aws_env
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        config=Config(max_pool_connections=WRITERS + 2),
-    )
+    return stack.client("dynamodb", max_pool_connections=WRITERS + 2)
 
 
 def create_table(client: Any, table: str) -> None:

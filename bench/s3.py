@@ -33,15 +33,7 @@ FULL_SESSION_MS, QUICK_SESSION_MS = 6000, 3000
 
 
 def _bucket(stack: Stack, name: str) -> str:
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.aws_env["AWS_ENDPOINT_URL"],
-        region_name=stack.aws_env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=stack.aws_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=stack.aws_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = stack.client("s3")
     s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": stack.aws_env["AWS_DEFAULT_REGION"]})
     return name
 
@@ -50,15 +42,7 @@ def stored_events(stack: Stack, bucket: str) -> Counter[tuple[str, int]]:
     """How many times each (s, E) appears across every object of ``bucket``."""
     import gzip
 
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.aws_env["AWS_ENDPOINT_URL"],
-        region_name=stack.aws_env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=stack.aws_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=stack.aws_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = stack.client("s3")
     counts: Counter[tuple[str, int]] = Counter()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -97,6 +98,21 @@ class Stack:
     def name(self, kind: str) -> str:
         """A unique topic / group / bucket / table name (lower case, valid for all four)."""
         return f"bench-{kind}-{os.getpid()}-{next(self._names)}".lower()
+
+    def client(self, service: str, **config: Any) -> Any:
+        """A boto3 client of ``service`` against the stack's emulator (``config``: botocore Config keywords)."""
+        import boto3
+        from botocore.config import Config
+
+        env = self.aws_env
+        return boto3.client(
+            service,
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            config=Config(**config),
+        )
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a child: ours, the emulator's, the broker's, then ``extra``."""
