@@ -53,8 +53,16 @@ EXCHANGE = SimulatorOptions(symbols=10, interval=0.2)
 #: A slow store holds every answer this long: past the sinks' read timeout, so every
 #: attempt of every request times out.
 SLOW_ANSWER = SINK_READ_TIMEOUT + 5.0
-#: The longest pause a sink's backpressure takes (the policy's own cap).
-BACKPRESSURE_CAP = max(backpressure_backoff().next_delay() for _ in range(30))
+
+
+def longest_pause() -> float:
+    """The longest pause a sink's backpressure takes: the policy's own cap, read off one
+    backoff failing again and again (a fresh backoff's first delay is only its shortest)."""
+    backoff = backpressure_backoff()
+    return max(backoff.next_delay() for _ in range(30))
+
+
+BACKPRESSURE_CAP = longest_pause()
 #: A sink recovers within the pause it may just have begun, one held request, one batch.
 SINK_RECOVERY_BOUND = BACKPRESSURE_CAP + SINK_READ_TIMEOUT + 5.0
 #: The producer reconnects to the broker within librdkafka's reconnect backoff (10 s at most).
