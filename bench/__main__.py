@@ -7,7 +7,8 @@ a child process against them, one after the other:
 
 - bench.s3: `crypto-live s3-sink` vs Quix's S3FileSink vs the Quix floor (a discarding sink);
 - bench.producer: `crypto-live producer` vs raw confluent-kafka produce;
-- bench.dynamo, bench.latency, bench.memory: when present.
+- bench.dynamo: `crypto-live dynamo-sink` vs a plain loop of concurrent BatchWriteItem calls;
+- bench.latency: the whole pipeline at a steady rate, and each service's peak memory.
 
 Writes results.json, results.md and results.png to DIR (default: bench/), prints the
 targets table and exits 1 if any target FAILs. Verdicts come from same-run ratios and
@@ -29,9 +30,9 @@ from pathlib import Path
 from bench import report
 
 #: The measuring modules, in the order they run.
-MODULES = ("bench.s3", "bench.producer", "bench.dynamo", "bench.latency", "bench.memory")
+MODULES = ("bench.s3", "bench.producer", "bench.dynamo", "bench.latency")
 
-#: Peaks seen by the throughput runs stand for the memory keys when bench.memory does not
+#: Peaks seen by the throughput runs stand for the memory keys when bench.latency failed to
 #: measure them (a drain of a full backlog is a service's heaviest moment).
 PEAK_RSS_STANDINS = {"producer_rss_mb": "producer_bench_rss_mb", "s3_sink_rss_mb": "s3_sink_bench_rss_mb"}
 
@@ -54,14 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_stack() as stack:
         for name in MODULES:
             try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name != name:
-                    raise
-                print(f"{name}: not present, its figures are not measured", flush=True)
-                continue
-            try:
-                results.update(module.measure(stack, quick=args.quick))
+                results.update(importlib.import_module(name).measure(stack, quick=args.quick))
             except Exception:  # noqa: BLE001 - one broken measurement leaves the others standing
                 traceback.print_exc()
                 print(f"{name}: failed; its figures are not measured (logs: {stack.workdir})", flush=True)

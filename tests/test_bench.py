@@ -46,20 +46,33 @@ def test_nothing_measured_means_no_pass_at_all() -> None:
     assert {v.verdict for v in verdicts({})} == {NOT_MEASURED}
 
 
+#: What the smoke run leaves out by design: the Quix floor contenders (each a process
+#: importing Quix); everything else it must measure.
+NOT_IN_THE_SMOKE_RUN = {"quix_floor_events_per_s"}
+#: About a minute on a quiet 2-core machine; up to three times that beside the fault cases
+#: that start with it (seen: over 170 s once in CI).
+SMOKE_RUN_TIMEOUT = 300
+
+
 @pytest.mark.long
+@pytest.mark.timeout(SMOKE_RUN_TIMEOUT + 30)
 def test_quick_run_writes_every_key_and_the_three_files(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=SMOKE_RUN_TIMEOUT,
     )
     assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a target FAILed, which a smoke run may
     results = json.loads((tmp_path / "results.json").read_text())
     for key in report.ALL_KEYS:
-        assert isinstance(results[key], float) or results[key] == NOT_MEASURED, (key, results[key])
-    assert isinstance(results["s3_sink_events_per_s"], float), done.stdout + done.stderr
+        measured = isinstance(results[key], float)
+        assert measured or (key in NOT_IN_THE_SMOKE_RUN and results[key] == NOT_MEASURED), (
+            key,
+            results[key],
+            done.stdout + done.stderr,
+        )
     assert results["informational"]["s3_sink_exactly_once"] == 1.0
     assert set(results["targets"]) == {t.name for t in report.TARGETS}
     assert all(t["verdict"] in (PASS, FAIL, NOT_MEASURED) for t in results["targets"].values())
