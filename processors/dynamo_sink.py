@@ -161,7 +161,7 @@ class DynamoTableSink(CheckingSink):
         self._events_read[topic, partition] += 1
         request = self._cutter.add(item)
         if request is not None:
-            self._in_flight.append((request, self.writer_pool.submit(self._put, request)))
+            self._in_flight.append(self._start(request))
         return None
 
     def flush(self) -> None:
@@ -170,13 +170,10 @@ class DynamoTableSink(CheckingSink):
         DestinationError (Quix commits nothing)."""
         # Take this checkpoint's state first: a flush Quix abandoned on a revoke (it runs on a
         # thread of its own, and may outlive its time budget) must never touch the next one's.
-        in_flight, events_read = self._in_flight, self._events_read
-        rest, late = self._cutter.finish()
-        self._in_flight, self._events_read = [], Counter()
-        in_flight += [(request, self.writer_pool.submit(self._put, request)) for request in rest]
-        outcomes = self._wait(in_flight)
+        in_flight, events_read, rest, late = self._close_checkpoint()
+        outcomes = self._wait(in_flight + [self._start(request) for request in rest])
         if late:  # keys already written in this checkpoint: only now may they be rewritten
-            outcomes += self._wait([(request, self.writer_pool.submit(self._put, request)) for request in late])
+            outcomes += self._wait([self._start(request) for request in late])
         refused = next((o for _, o in outcomes if isinstance(o, DestinationError)), None)
         if refused is not None:
             raise refused
@@ -187,6 +184,10 @@ class DynamoTableSink(CheckingSink):
         self._backpressure.reset()
         for (topic, partition), events in sorted(events_read.items()):
             log.debug("wrote %d events of %s[%d] to %s", events, topic, partition, self.table)
+
+    def _start(self, request: _Request) -> tuple[_Request, Future[_Outcome]]:
+        """Write ``request`` on a writer thread."""
+        return request, self.writer_pool.submit(self._put, request)
 
     def _wait(self, writes: list[tuple[_Request, Future[_Outcome]]]) -> list[tuple[_Request, _Outcome]]:
         """Each request's outcome, once all are done; rows DynamoDB took are counted."""
@@ -202,11 +203,19 @@ class DynamoTableSink(CheckingSink):
     def on_paused(self) -> None:
         """Quix drops the checkpoint (backpressure elsewhere, lost membership): forget its
         rows. Requests already in flight finish on their own; a replay rewrites the same rows."""
-        self._cutter.finish()
-        self._events_read.clear()
-        for _, future in self._in_flight:
+        in_flight, *_ = self._close_checkpoint()
+        for _, future in in_flight:
             future.cancel()
-        self._in_flight = []
+
+    def _close_checkpoint(
+        self,
+    ) -> tuple[list[tuple[_Request, Future[_Outcome]]], Counter[tuple[str, int]], list[_Request], list[_Request]]:
+        """The open checkpoint's requests in flight, events read per topic-partition, and
+        requests still to write (the partial one; then the late rows'); the next opens empty."""
+        rest, late = self._cutter.finish()
+        closed = self._in_flight, self._events_read, rest, late
+        self._in_flight, self._events_read = [], Counter()
+        return closed
 
     def _put(self, requests: _Request) -> _Outcome:
         """Write one BatchWriteItem request; returns None, or the failure (never raises)."""

@@ -140,9 +140,9 @@ class S3JsonlSink(CheckingSink):
         self._rows: dict[tuple[str, int], list[Row]] = {}  # not handed to the writer yet, per topic-partition
         self._stores: list[Future[None]] = []  # the open checkpoint's, in the order handed over
         self._handed_over: set[tuple[str, int]] = set()  # the partitions the open checkpoint handed rows of
-        self._flush_started: dict[
-            int, float
-        ] = {}  # per checkpoint being flushed: from then on, its stores run against the write budget
+        # Per checkpoint being flushed, when its flush began: from then on, its stores run
+        # against the write budget.
+        self._flush_started: dict[int, float] = {}
         self._checkpoint = 0  # counts checkpoints closed or dropped: which one a store belongs to
         self._failed_checkpoint = -1  # the last one a store failed in
         # Per topic-partition, on the writer thread: rows a store left for the next (fewer
@@ -221,9 +221,7 @@ class S3JsonlSink(CheckingSink):
         DestinationError (Quix commits nothing)."""
         # Take this checkpoint's state first: a flush Quix abandoned on a revoke (it runs on a
         # thread of its own, and may outlive its time budget) must never touch the next one's.
-        rows, stores, handed_over, checkpoint = self._rows, self._stores, self._handed_over, self._checkpoint
-        self._rows, self._stores, self._handed_over = {}, [], set()
-        self._checkpoint += 1
+        rows, stores, handed_over, checkpoint = self._close_checkpoint()
         self._flush_started[checkpoint] = self._clock()
         try:
             # Every partition of the checkpoint, even one with no rows since its last hand-over:
@@ -246,10 +244,19 @@ class S3JsonlSink(CheckingSink):
     def on_paused(self) -> None:
         """Quix drops the checkpoint (backpressure elsewhere, lost membership): forget its
         rows. Stores already handed over finish on their own; a replay finds what they wrote."""
-        for store in self._stores:
+        _, stores, _, _ = self._close_checkpoint()
+        for store in stores:
             store.cancel()
+
+    def _close_checkpoint(
+        self,
+    ) -> tuple[dict[tuple[str, int], list[Row]], list[Future[None]], set[tuple[str, int]], int]:
+        """The open checkpoint's rows not handed over, stores, partitions handed over and
+        number; the next checkpoint opens empty."""
+        closed = self._rows, self._stores, self._handed_over, self._checkpoint
         self._rows, self._stores, self._handed_over = {}, [], set()
         self._checkpoint += 1
+        return closed
 
     def _store(self, topic: str, partition: int, rows: list[Row], checkpoint: int, last: bool) -> None:
         """Store rows of one partition, on the writer thread: only full objects unless they
