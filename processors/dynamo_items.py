@@ -82,15 +82,6 @@ def dynamo_number(text: str) -> str:
     return str(Decimal((sign, digits[:significant], exponent + len(digits) - significant)))
 
 
-def item_problem(fields: Mapping[str, Any]) -> str | None:
-    """Why a valid event cannot become a row (a number DynamoDB cannot hold), or None."""
-    try:
-        to_item(fields, 0)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def to_item(fields: Mapping[str, Any], ttl_days: int) -> Item:
     """The row for one valid event (``MiniTicker.fields``); ValueError saying why if it cannot be one."""
     event_time = fields["E"]

@@ -79,8 +79,6 @@ def test_an_event_dynamodb_cannot_hold_is_refused_naming_the_field():
         ValueError, match=r"^field 'q' \(total traded quote asset volume\) '1\.222.* 41 significant digits"
     ):
         items.to_item(too_precise, 1)
-    assert items.item_problem(too_precise) is not None and "41 significant digits" in items.item_problem(too_precise)
-    assert items.item_problem(EVENT) is None
 
 
 def test_duplicate_keys_collapse_to_the_last_occurrence():
