@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -38,17 +38,7 @@ from producer.inprocess import ProducerThread
 from producer.publisher import DLQ_MAX_RAW_BYTES
 from tests.factories import BASE_TIME_MS, assert_exactly_once, key_of, publish, run_app_until, ticker
 from tests.helpers import read_topic, wait_for
-
-#: Reproducible and quick: the same examples on every run, nothing stored between runs.
-#: No shrinking: a failure is reported as found (shrinking nested JSON can take minutes).
-PROPERTY = settings(
-    derandomize=True,
-    database=None,
-    max_examples=60,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow],
-)
+from tests.properties import PROPERTY
 
 ASCII_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 ASCII_SYMBOL = re.compile(r"[A-Z0-9]{2,32}")

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given, settings
 
 from crypto_live.event import MiniTicker, decode, plain_array_events, plain_event_time
 from tests.factories import ticker
 from tests.mutations import mutations
+from tests.properties import PROPERTY as BASE
 
-PROPERTY = settings(
-    derandomize=True,
-    database=None,
-    max_examples=300,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PROPERTY = settings(BASE, max_examples=300)
 
 EVENTS = [orjson.dumps(ticker(n, symbol=symbol)) for n, symbol in enumerate(["BTCUSDT", "ETHUSDT", "BNB0BTC"])]
 ARRAY = b"[" + b",".join(EVENTS) + b"]"

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crypto_live.simulator import JUNK_FRAMES
 from producer.frames import Frame, parse_frame, parse_json_frame, plain_frame_events
 from tests.factories import ticker
 from tests.mutations import mutations
+from tests.properties import PROPERTY as BASE
 
-PROPERTY = settings(
-    derandomize=True,
-    database=None,
-    max_examples=400,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PROPERTY = settings(BASE, max_examples=400)
 
 
 def dumps(obj) -> bytes:
