@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from bench.stack import Stack, committed_total, market_events, prefill
+from crypto_live.dynamo_table import ensure_table
 
 PARTITIONS = 3
 SYMBOLS = 400
@@ -149,13 +150,6 @@ def dynamo_client(stack: Stack) -> Any:
     return stack.client("dynamodb", max_pool_connections=WRITERS + 2)
 
 
-def create_table(client: Any, table: str) -> None:
-    from crypto_live.dynamo_table import create_table_request
-
-    client.create_table(**create_table_request(table))
-    client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-
-
 def item_count(client: Any, table: str) -> int:
     """Rows in ``table`` (moto's DescribeTable ItemCount is exact, unlike DynamoDB's)."""
     return int(client.describe_table(TableName=table)["Table"]["ItemCount"])
@@ -164,7 +158,7 @@ def item_count(client: Any, table: str) -> int:
 def run_sink(stack: Stack, topic: str, events: int, client: Any) -> dict[str, float]:
     """Drain ``topic`` with ``crypto-live dynamo-sink`` behind the counting proxy; its figures."""
     table, group = stack.name("dynamo-table"), stack.name("dynamo-group")
-    create_table(client, table)
+    ensure_table(client, table, create=True)
     proxy = CountingProxy(stack.aws_env["AWS_ENDPOINT_URL"])
     env = stack.env(
         KAFKA_TOPIC=topic,
@@ -251,7 +245,7 @@ def measure(stack: Stack, *, quick: bool = False) -> dict[str, float]:
     prefill(stack, topic, raw_events, PARTITIONS)
     client = dynamo_client(stack)
     baseline = stack.name("dynamo-baseline")
-    create_table(client, baseline)
+    ensure_table(client, baseline, create=True)
     before = write_baseline(client, baseline, raw_events[: count // 2])
     results = run_sink(stack, topic, count, client)
     after = write_baseline(client, baseline, raw_events[count // 2 :])
