@@ -63,11 +63,13 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
-from crypto_live.errors import DestinationError
+from crypto_live.errors import CryptoLiveError, DestinationError
 from crypto_live.event import Invalid, decode, plain_event_time
 
 JSONL_CONTENT_TYPE = "application/x-ndjson"
@@ -122,6 +124,8 @@ class S3Object:
     content_type: str
     hour: datetime
     extent: Extent
+    #: The first row's line: what a writer that finds the key taken compares with the object there.
+    first_line: bytes
 
     @property
     def rows(self) -> int:
@@ -148,12 +152,21 @@ class Layout:
         if self.max_rows < 1:
             raise ValueError(f"max_rows {self.max_rows} is not a positive number")
 
-    def key(self, hour: datetime, first_offset: int) -> str:
-        return object_key(self.prefix, hour, self.topic, self.partition, first_offset, self.compression)
+    def key(self, hour: datetime, first_offset: int, generation: int = 0) -> str:
+        return object_key(self.prefix, hour, self.topic, self.partition, first_offset, self.compression, generation)
 
     def hour_prefix(self, hour: datetime) -> str:
-        """The common start of this partition's keys in ``hour`` (either compression)."""
+        """The common start of this partition's keys in ``hour`` (either compression, every generation)."""
         return object_key(self.prefix, hour, self.topic, self.partition, 0, "none").rsplit("-", 1)[0] + "-"
+
+    def listed(self, hour: datetime, key: str) -> tuple[int, int] | None:
+        """The (generation, first offset) a listed key of ``hour`` names, or None for a key that
+        is not one of this partition's objects (another topic whose name starts like ours)."""
+        prefix = self.hour_prefix(hour)
+        match = _NAME.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+        if match is None:
+            return None
+        return int(match["generation"] or 0), int(match["offset"])
 
 
 def event_hour(event_time_ms: int) -> datetime:
@@ -167,15 +180,32 @@ def hour_path(hour: datetime) -> str:
     return f"dt={hour:%Y-%m-%d}/hour={hour:%H}"
 
 
-def object_key(prefix: str, hour: datetime, topic: str, partition: int, first_offset: int, compression: str) -> str:
+def object_key(
+    prefix: str,
+    hour: datetime,
+    topic: str,
+    partition: int,
+    first_offset: int,
+    compression: str,
+    generation: int = 0,
+) -> str:
     """The key of the object of ``topic[partition]`` whose first row is at ``first_offset``.
 
     An empty ``prefix`` puts the partitions at the bucket root (no leading slash).
-    Zero-padded numbers make keys sort in partition and offset order.
+    Zero-padded numbers make keys sort in partition and offset order. Generation 0 (the
+    first incarnation of the topic the bucket saw, and every object written before
+    generations existed) has no generation in its name; generation g >= 1 reads
+    ``<topic>-<partition>-g<g>-<offset>``: another incarnation of the topic, whose offsets
+    started again at 0, in the same ``dt``/``hour`` directories (see :func:`locate`).
     """
     suffix = ".jsonl.gz" if compression == "gzip" else ".jsonl"
-    name = f"{topic}-{partition:05d}-{first_offset:020d}{suffix}"
+    incarnation = f"g{generation}-" if generation else ""
+    name = f"{topic}-{partition:05d}-{incarnation}{first_offset:020d}{suffix}"
     return "/".join(part for part in (prefix, hour_path(hour), name) if part)
+
+
+#: What follows a partition's hour prefix in one of its keys (see :func:`object_key`).
+_NAME = re.compile(r"(?:g(?P<generation>[1-9][0-9]*)-)?(?P<offset>[0-9]{20})\.jsonl(?:\.gz)?")
 
 
 def key_first_offset(key: str) -> int:
@@ -231,16 +261,17 @@ def by_hour(items: Iterable[Row]) -> dict[datetime, list[Row]]:
     return {event_hour(hour * HOUR_MS): rows for hour, rows in hours.items()}
 
 
-def make_object(layout: Layout, hour: datetime, rows: Sequence[Row]) -> S3Object:
-    """The object of ``rows`` (one hour's, consecutive, in offset order)."""
+def make_object(layout: Layout, hour: datetime, rows: Sequence[Row], generation: int = 0) -> S3Object:
+    """The object of ``rows`` (one hour's, consecutive, in offset order) in the chain of ``generation``."""
     body = jsonl_body([line for _, _, line in rows])
     gzipped = layout.compression == "gzip"
     return S3Object(
-        key=layout.key(hour, rows[0][0]),
+        key=layout.key(hour, rows[0][0], generation),
         body=gzip_body(body) if gzipped else body,
         content_type=GZIP_CONTENT_TYPE if gzipped else JSONL_CONTENT_TYPE,
         hour=hour,
         extent=Extent(rows[0][0], rows[-1][0], len(rows)),
+        first_line=rows[0][2],
     )
 
 
@@ -254,15 +285,21 @@ def unstored(rows: Sequence[Row], stored_through: int) -> Sequence[Row]:
 
 
 def next_object(
-    layout: Layout, hour: datetime, rows: Sequence[Row], stored_through: int, *, full_only: bool = False
+    layout: Layout,
+    hour: datetime,
+    rows: Sequence[Row],
+    stored_through: int,
+    *,
+    full_only: bool = False,
+    generation: int = 0,
 ) -> S3Object | None:
-    """The next link of the hour's chain: up to ``max_rows`` of ``rows`` after offset
-    ``stored_through``; None when every row is stored (or, ``full_only``, when fewer than
-    ``max_rows`` are left)."""
+    """The next link of the hour's chain of ``generation``: up to ``max_rows`` of ``rows``
+    after offset ``stored_through``; None when every row is stored (or, ``full_only``, when
+    fewer than ``max_rows`` are left)."""
     rest = unstored(rows, stored_through)[: layout.max_rows]
     if not rest or (full_only and len(rest) < layout.max_rows):
         return None
-    return make_object(layout, hour, rest)
+    return make_object(layout, hour, rest, generation)
 
 
 class ForeignObjectError(DestinationError):
@@ -270,42 +307,120 @@ class ForeignObjectError(DestinationError):
     written by this scheme, and is never overwritten."""
 
 
-#: Create an object unless its key exists: None when created, else the existing object's extent.
-Create = Callable[[S3Object], Extent | None]
+@dataclass(frozen=True)
+class Stored:
+    """What a writer reads back of an object it found: its extent and its first line (the
+    bytes of the message at its first offset, in the incarnation of the topic that wrote it)."""
+
+    extent: Extent
+    first_line: bytes
+
+
+class Standing(NamedTuple):
+    """Where a writer stands on one hour's chain: the chain's generation, and the offset
+    through which it is stored (-1: nothing yet)."""
+
+    generation: int
+    through: int
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A taken key whose object starts with another message than the one now at its first
+    offset: the chain of ``generation`` belongs to another incarnation of the topic."""
+
+    generation: int
+    key: str
+    stored: bytes
+    current: bytes
+
+
+class IncarnationMismatch(CryptoLiveError):
+    """Raised by :func:`walk_hour` when a taken key holds another incarnation's object
+    (handled by :func:`store_rows`: the hour's chain is located again)."""
+
+    def __init__(self, mismatch: Mismatch):
+        super().__init__(f"{mismatch.key} starts with another message than the one now at its first offset")
+        self.mismatch = mismatch
+
+
+#: Create an object unless its key exists: None when created, else what the existing object holds.
+Create = Callable[[S3Object], Stored | None]
 
 
 def walk_hour(
     layout: Layout,
     hour: datetime,
     rows: Sequence[Row],
-    stored_through: int,
+    standing: Standing,
     create: Create,
     *,
     full_only: bool = False,
-) -> int:
-    """Store one hour's ``rows`` of a batch along the hour's chain, starting after offset
-    ``stored_through``; return the offset through which the chain is now stored.
+) -> Standing:
+    """Store one hour's ``rows`` of a batch along the hour's chain of ``standing.generation``,
+    starting after offset ``standing.through``; return where the chain now stands.
 
-    A key that is taken (``create`` returns its extent) means its rows are stored: the walk
-    continues after that object's last offset, however long it is. ``full_only`` stops
-    before a last object of fewer than ``max_rows`` rows.
+    A key that is taken (``create`` returns what it holds) means its rows are stored: the
+    walk continues after that object's last offset, however long it is -- once its first
+    line proves it the same message as the batch's row at that offset. Any other first line
+    raises :class:`IncarnationMismatch`: the key is another incarnation's, and skipping it
+    would lose this incarnation's rows. ``full_only`` stops before a last object of fewer
+    than ``max_rows`` rows.
     """
-    while (obj := next_object(layout, hour, rows, stored_through, full_only=full_only)) is not None:
+    generation, stored_through = standing
+    while (
+        obj := next_object(layout, hour, rows, stored_through, full_only=full_only, generation=generation)
+    ) is not None:
         existing = create(obj)
         if existing is None:
             stored_through = obj.extent.last_offset
             continue
-        if existing.first_offset != obj.first_offset or existing.last_offset < obj.first_offset:
-            raise ForeignObjectError(f"{obj.key} records extent {existing}, not one starting at {obj.first_offset}")
-        stored_through = existing.last_offset
-    return stored_through
+        extent = existing.extent
+        if extent.first_offset != obj.first_offset or extent.last_offset < obj.first_offset:
+            raise ForeignObjectError(f"{obj.key} records extent {extent}, not one starting at {obj.first_offset}")
+        if existing.first_line != obj.first_line:
+            raise IncarnationMismatch(Mismatch(generation, obj.key, existing.first_line, obj.first_line))
+        stored_through = extent.last_offset
+    return Standing(generation, stored_through)
 
 
-def resume_after(previous: Extent | None) -> int:
-    """Where a writer stands on an hour's chain given the object holding the hour's last
-    event before its batch (the one with the largest first offset below the batch's first
-    event of the hour): after its last offset, which may lie inside the batch."""
-    return previous.last_offset if previous is not None else -1
+def resume_after(generation: int, previous: Extent | None) -> Standing:
+    """Where a writer stands on an hour's chain of ``generation`` given the object holding the
+    hour's last event before its batch (the one with the largest first offset below the
+    batch's first event of the hour): after its last offset, which may lie inside the batch."""
+    return Standing(generation, previous.last_offset if previous is not None else -1)
+
+
+def locate(
+    listing: Mapping[int, Sequence[int]],
+    first_offset: int,
+    belongs: Callable[[int, int], bool],
+    *,
+    above: int = -1,
+) -> tuple[int, int | None]:
+    """Which generation of an hour's chains is this incarnation's, for a batch whose first
+    row of the hour is at ``first_offset``; and the first offset of that chain's object
+    before the batch (None: none, or a new generation).
+
+    ``listing`` maps each generation above ``above`` found in S3 to the first offsets of its
+    objects. Generations are tried newest first; ``belongs(generation, offset)`` says whether
+    the object at ``offset`` starts with the message now at that offset (it reads S3 and,
+    unless the batch holds that offset, the topic). The object tried is the one before the
+    batch, the one a writer would resume after; else the chain's first. None belongs: a new
+    generation, one above every generation seen, so no key of another incarnation is ever
+    taken for this one's.
+
+    Every writer of one incarnation decides alike, from the same objects and the same log:
+    two that start a generation at once put the same keys, and the chain never forks.
+    """
+    seen = [generation for generation in listing if generation > above]
+    for generation in sorted(seen, reverse=True):
+        offsets = sorted(listing[generation])
+        before = bisect.bisect_left(offsets, first_offset)
+        previous = offsets[before - 1] if before else None
+        if belongs(generation, previous if previous is not None else offsets[0]):
+            return generation, previous
+    return max([above, *listing], default=-1) + 1, None
 
 
 @dataclass
@@ -315,9 +430,9 @@ class Progress:
     after ``last_offset`` (a replay of a failed batch, or the next one)."""
 
     last_offset: int = -2
-    stored_through: dict[datetime, int] = field(default_factory=dict)
+    stored_through: dict[datetime, Standing] = field(default_factory=dict)
 
-    def known(self, hour: datetime, first_offset: int) -> int | None:
+    def known(self, hour: datetime, first_offset: int) -> Standing | None:
         """Where the hour's chain stands for a batch starting at ``first_offset``, if known.
 
         Known only when no valid event lies between what the writer saw and the batch (a
@@ -326,26 +441,31 @@ class Progress:
             return None
         return self.stored_through.get(hour)
 
-    def after(self, last_offset: int, stored: Mapping[datetime, int]) -> Progress:
-        """The progress after a batch ending at ``last_offset`` stored ``stored`` (hour -> through)."""
+    def after(self, last_offset: int, stored: Mapping[datetime, Standing]) -> Progress:
+        """The progress after a batch ending at ``last_offset`` stored ``stored`` (hour -> standing)."""
         hours = {**self.stored_through, **stored}
         kept = sorted(hours)[-REMEMBERED_HOURS:]
         return Progress(last_offset, {hour: hours[hour] for hour in kept})
 
 
-#: The object of ``hour`` with the largest first offset below the given one, if any.
-Previous = Callable[[datetime, int], Extent | None]
+#: Where a writer stands on an hour's chain it has no memory of, for the hour's rows of its
+#: batch (I/O: a listing, and the check of :func:`locate`). With a :class:`Mismatch`, the
+#: chain of its generation was found to be another incarnation's: look above it.
+Locate = Callable[[datetime, Sequence[Row], Mismatch | None], Standing]
+
+#: How often one hour's walk may find its chain another incarnation's before the writer
+#: stops: each time it moves to a newer generation, so only writers racing with another
+#: incarnation's could get here.
+MAX_RELOCATIONS = 3
 
 
-def store_batch(
-    items: Sequence[Row], layout: Layout, progress: Progress, create: Create, previous: Previous
-) -> Progress:
+def store_batch(items: Sequence[Row], layout: Layout, progress: Progress, create: Create, locate: Locate) -> Progress:
     """Store one partition's batch (``items`` in offset order); return the progress after it.
 
-    Raises whatever ``create``/``previous`` raise, leaving ``progress`` as it was: a replay
+    Raises whatever ``create``/``locate`` raise, leaving ``progress`` as it was: a replay
     from the same start uses it again.
     """
-    progress, left = store_rows(items, layout, progress, create, previous, full_only=False)
+    progress, left = store_rows(items, layout, progress, create, locate, full_only=False)
     assert not left
     return progress
 
@@ -355,7 +475,7 @@ def store_rows(
     layout: Layout,
     progress: Progress,
     create: Create,
-    previous: Previous,
+    locate: Locate,
     *,
     full_only: bool,
 ) -> tuple[Progress, list[Row]]:
@@ -368,13 +488,21 @@ def store_rows(
         return progress, []
     contiguous = items[0][0] == progress.last_offset + 1
     base = progress if contiguous else Progress()
-    stored: dict[datetime, int] = {}
+    stored: dict[datetime, Standing] = {}
     left: list[Row] = []
     for hour, rows in by_hour(items).items():
-        start = base.known(hour, items[0][0])
-        if start is None:
-            start = resume_after(previous(hour, rows[0][0]))
-        stored[hour] = walk_hour(layout, hour, rows, start, create, full_only=full_only)
-        left += unstored(rows, stored[hour])
+        standing = base.known(hour, items[0][0]) or locate(hour, rows, None)
+        for _ in range(MAX_RELOCATIONS):
+            try:
+                stored[hour] = walk_hour(layout, hour, rows, standing, create, full_only=full_only)
+                break
+            except IncarnationMismatch as exc:
+                standing = locate(hour, rows, exc.mismatch)
+        else:
+            raise DestinationError(
+                f"{layout.topic}[{layout.partition}] hour {hour_path(hour)}: every generation tried holds another "
+                f"incarnation's objects where this one's go ({MAX_RELOCATIONS} tries)"
+            )
+        left += unstored(rows, stored[hour].through)
     left.sort(key=_offset)
     return base.after(left[0][0] - 1 if left else items[-1][0], stored), left

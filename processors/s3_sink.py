@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
@@ -57,20 +58,27 @@ from crypto_live import aws
 from crypto_live.backoff import Backoff
 from crypto_live.errors import BucketSetupError, CryptoLiveError, DestinationError
 from crypto_live.event import Invalid
+from crypto_live.kafka import client_config
 from crypto_live.settings import S3SinkSettings
 from processors.s3_objects import (
     Extent,
     ForeignObjectError,
     Layout,
+    Mismatch,
     Progress,
     Row,
     S3Object,
-    key_first_offset,
+    Standing,
+    Stored,
+    hour_path,
+    locate,
+    resume_after,
     store_rows,
     to_row,
 )
 from processors.stream import CheckingSink, StreamPlan, backpressure_backoff, build_application, state_directory
 from processors.telemetry import SinkTelemetry
+from processors.topic_log import ABSENT, Read, TopicLog, TopicReadError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +93,22 @@ CHECKPOINT_OBJECTS = 10
 
 #: Seconds after which write() stops starting new puts and asks for a replay instead.
 WRITE_BUDGET = 15.0
+
+
+#: Bytes per ranged GET of a gzip object's start (a first line is some 150 bytes inflated).
+_GZIP_READ = 16 * 1024
+
+
+#: How much of an event line a warning shows: enough to tell two apart (symbol, event time).
+_IDENTITY_BYTES = 160
+
+
+def _identity(line: bytes) -> str:
+    return repr(line[:_IDENTITY_BYTES].decode(errors="replace"))
+
+
+def _no_topic_log(topic: str, partition: int, offset: int) -> Read:
+    raise TopicReadError(f"no topic reader: cannot check {topic}[{partition}]@{offset}")
 
 
 class _Skipped(CryptoLiveError):
@@ -120,6 +144,7 @@ class S3JsonlSink(CheckingSink):
         write_budget: float = WRITE_BUDGET,
         clock: Callable[[], float] = time.monotonic,
         on_progress: Callable[[], None] = lambda: None,
+        topic_log: Callable[[str, int, int], Read] | None = None,
     ):
         super().__init__(STAGE, writers=1)
         self.client = client
@@ -135,6 +160,9 @@ class S3JsonlSink(CheckingSink):
         self._write_budget = write_budget
         self._clock = clock
         self._on_progress = on_progress  # after each put: a long flush keeps the heartbeat fresh
+        # What the topic holds now at an offset (processors.topic_log): the incarnation check.
+        self._topic_log = topic_log or _no_topic_log
+        self._incarnations_told: set[tuple[str, int, int]] = set()  # (topic, partition, generation) warned of
         self._checked = False
         self._progress: dict[tuple[str, int], Progress] = {}  # per topic-partition, see s3_objects
         self._rows: dict[tuple[str, int], list[Row]] = {}  # not handed to the writer yet, per topic-partition
@@ -283,7 +311,7 @@ class S3JsonlSink(CheckingSink):
     ) -> list[Row]:
         layout = Layout(self.prefix, topic, partition, self.max_rows, self.compression)
 
-        def create(obj: S3Object) -> Extent | None:
+        def create(obj: S3Object) -> Stored | None:
             started = self._flush_started.get(checkpoint)
             if started is not None and self._clock() - started > self._write_budget:
                 raise self._pause(f"writing took over {self._write_budget:.0f} s", obj.key)
@@ -295,15 +323,15 @@ class S3JsonlSink(CheckingSink):
                 layout,
                 self._progress.get((topic, partition), Progress()),
                 create,
-                lambda hour, first_offset: self._previous(layout, hour, first_offset),
+                lambda hour, rows, mismatch: self._locate(layout, hour, rows, mismatch),
                 full_only=full_only,
             )
         except ForeignObjectError as exc:
             raise DestinationError(f"{self._label()} holds an object the sink did not write: {exc}") from None
         return left
 
-    def _create(self, obj: S3Object) -> Extent | None:
-        """Put ``obj`` unless its key exists (If-None-Match: *); return the existing object's extent if it does."""
+    def _create(self, obj: S3Object) -> Stored | None:
+        """Put ``obj`` unless its key exists (If-None-Match: *); return what the existing object holds if it does."""
         try:
             self.client.put_object(
                 Bucket=self.bucket,
@@ -315,15 +343,16 @@ class S3JsonlSink(CheckingSink):
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             if isinstance(exc, botocore.exceptions.ClientError) and aws.error_code(exc) == "PreconditionFailed":
-                existing = self._extent(obj.key)
-                log.info(
-                    "found s3://%s/%s (%d rows through offset %d, written earlier): continuing after it",
-                    self.bucket,
-                    obj.key,
-                    existing.rows,
-                    existing.last_offset,
-                )
-                self.objects_found += 1
+                existing = self._stored(obj.key, len(obj.first_line))
+                if existing.first_line == obj.first_line:  # else store_rows looks for this incarnation's chain
+                    log.info(
+                        "found s3://%s/%s (%d rows through offset %d, written earlier): continuing after it",
+                        self.bucket,
+                        obj.key,
+                        existing.extent.rows,
+                        existing.extent.last_offset,
+                    )
+                    self.objects_found += 1
                 return existing
             raise self._failure(exc, "PutObject", obj.key) from None
         self.objects_written += 1
@@ -331,32 +360,124 @@ class S3JsonlSink(CheckingSink):
         log.info("wrote s3://%s/%s (%d rows)", self.bucket, obj.key, obj.rows)
         return None
 
+    def _stored(self, key: str, line_length: int) -> Stored:
+        """The extent and the first line of the object at ``key``, with one ranged GET of the
+        start of its body (``line_length`` + 1 bytes of it uncompressed: a first line of
+        that length and its newline, or enough to tell it is another).
+
+        A gzip object is read in ranges from its start until that much is decompressed."""
+        gzipped = key.endswith(".gz")
+        inflate = zlib.decompressobj(wbits=31) if gzipped else None
+        wanted = line_length + 1
+        start, text, metadata = 0, b"", None
+        while len(text) < wanted:
+            size = max(_GZIP_READ, wanted) if gzipped else wanted
+            try:
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + size - 1}"
+                )
+                chunk = response["Body"].read()
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                raise self._failure(exc, "GetObject", key) from None
+            if metadata is None:
+                metadata = response.get("Metadata", {})
+            text += inflate.decompress(chunk, wanted - len(text)) if inflate is not None else chunk
+            start += len(chunk)
+            if len(chunk) < size or (inflate is not None and inflate.eof):
+                break
+        return Stored(self._extent_of(key, metadata or {}), text[:wanted].split(b"\n", 1)[0])
+
     def _extent(self, key: str) -> Extent:
         """The extent recorded in the metadata of the object at ``key``."""
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._failure(exc, "HeadObject", key) from None
+        return self._extent_of(key, head.get("Metadata", {}))
+
+    def _extent_of(self, key: str, metadata: dict[str, str]) -> Extent:
         try:
-            return Extent.from_metadata(head.get("Metadata", {}))
+            return Extent.from_metadata(metadata)
         except ValueError as exc:
             raise DestinationError(
                 f"{self._label()} holds {key}, which the sink did not write and will not overwrite: {exc}"
             ) from None
 
-    def _previous(self, layout: Layout, hour: datetime, first_offset: int) -> Extent | None:
-        """The extent of the partition's object of ``hour`` with the largest first offset below ``first_offset``."""
+    def _locate(self, layout: Layout, hour: datetime, rows: Sequence[Row], mismatch: Mismatch | None) -> Standing:
+        """Where this incarnation's chain of ``hour`` stands for the hour's ``rows`` of a batch:
+        one listing of the partition's hour, then :func:`~processors.s3_objects.locate`,
+        which checks a generation's object against the message now at its first offset
+        (the batch's own row when it holds that offset, else one read of the topic)."""
         prefix = layout.hour_prefix(hour)
-        below: list[tuple[int, str]] = []
+        keys: dict[int, dict[int, str]] = {}  # generation -> first offset -> key
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 for entry in page.get("Contents", []):
-                    offset = key_first_offset(entry["Key"])
-                    if offset < first_offset:
-                        below.append((offset, entry["Key"]))
+                    named = layout.listed(hour, entry["Key"])
+                    if named is not None:
+                        keys.setdefault(named[0], {})[named[1]] = entry["Key"]
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._failure(exc, "ListObjectsV2", prefix) from None
-        return self._extent(max(below)[1]) if below else None
+        held = {offset: line for offset, _, line in rows}
+        read: dict[str, Stored] = {}
+        foreign: list[Mismatch] = [mismatch] if mismatch is not None else []
+
+        def belongs(generation: int, offset: int) -> bool:
+            key = keys[generation][offset]
+            current = held.get(offset)
+            if current is None:
+                current = self._line_now(layout, offset, key)
+            # No event there now: the object is another incarnation's; its start still names it in the warning.
+            stored = read[key] = self._stored(key, len(current) if current is not None else _IDENTITY_BYTES)
+            if current != stored.first_line:
+                foreign.append(Mismatch(generation, key, stored.first_line, current or b""))
+                return False
+            return True
+
+        generation, previous = locate(
+            {generation: list(offsets) for generation, offsets in keys.items()},
+            rows[0][0],
+            belongs,
+            above=mismatch.generation if mismatch is not None else -1,
+        )
+        if foreign:
+            self._tell_incarnation(layout, hour, generation, foreign[0])
+        if previous is None:
+            return resume_after(generation, None)
+        key = keys[generation][previous]
+        return resume_after(generation, read[key].extent if key in read else self._extent(key))
+
+    def _line_now(self, layout: Layout, offset: int, key: str) -> bytes | None:
+        """The line the message now at ``offset`` of the layout's partition makes, or None when
+        there is no valid event there (no message: the log is another incarnation's)."""
+        try:
+            value = self._topic_log(layout.topic, layout.partition, offset)
+        except TopicReadError as exc:
+            raise self._pause(str(exc), key) from None
+        if value is ABSENT:
+            return None
+        row = to_row(offset, value if isinstance(value, bytes) else None)
+        return None if isinstance(row, Invalid) else row[2]
+
+    def _tell_incarnation(self, layout: Layout, hour: datetime, generation: int, found: Mismatch) -> None:
+        """One warning per partition and generation: the chain found is another incarnation's."""
+        if (layout.topic, layout.partition, generation) in self._incarnations_told:
+            return
+        self._incarnations_told.add((layout.topic, layout.partition, generation))
+        log.warning(
+            "topic %s partition %d was created again (its offsets started again at 0): s3://%s/%s starts with "
+            "%s, but the topic now holds %s at that offset; not skipping anything: this incarnation's objects "
+            "of %s and later go to generation %d (keys <topic>-<partition>-g%d-<offset>)",
+            layout.topic,
+            layout.partition,
+            self.bucket,
+            found.key,
+            _identity(found.stored),
+            _identity(found.current) if found.current else "no event",
+            hour_path(hour),
+            generation,
+            generation,
+        )
 
     def _failure(self, exc: BaseException, operation: str, key: str) -> Exception:
         """Backpressure for what S3 may take later, DestinationError for the rest (see the module docstring)."""
@@ -385,6 +506,7 @@ class S3JsonlSink(CheckingSink):
 
 
 def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
+    options.setdefault("topic_log", TopicLog(client_config(settings.kafka)).read)
     return S3JsonlSink(
         aws.client(settings.aws, "s3", **aws.SINK_REQUEST_LIMITS),
         settings.bucket,

@@ -16,12 +16,16 @@ from processors.s3_objects import (
     JSONL_CONTENT_TYPE,
     Extent,
     ForeignObjectError,
+    IncarnationMismatch,
     Layout,
     Progress,
     Row,
     S3Object,
+    Standing,
+    Stored,
     event_hour,
     key_first_offset,
+    locate,
     object_key,
     store_batch,
     walk_hour,
@@ -125,7 +129,7 @@ def batch_objects(items: list[Row], max_rows: int = 1000, **layout) -> list[S3Ob
         created.append(obj)
 
     layout = {"prefix": "p", "topic": "t", "partition": 0, **layout}
-    store_batch(items, Layout(max_rows=max_rows, **layout), Progress(), create, lambda hour, offset: None)
+    store_batch(items, Layout(max_rows=max_rows, **layout), Progress(), create, lambda *_: Standing(0, -1))
     return created
 
 
@@ -148,21 +152,76 @@ def test_a_taken_key_is_skipped_through_the_existing_objects_last_offset():
     hour = event_hour(HOUR_22)
     layout = Layout("p", "t", 0, max_rows=3)
     rows = [s3_row(offset, event(HOUR_22 + offset)) for offset in range(10, 20)]
-    taken = {layout.key(hour, 10): Extent(10, 14, 5)}  # another writer's longer cut
+    taken = {layout.key(hour, 10): Stored(Extent(10, 14, 5), rows[0][2])}  # another writer's longer cut
     created: list[Extent] = []
 
-    def create(obj: S3Object) -> Extent | None:
+    def create(obj: S3Object) -> Stored | None:
         if obj.key in taken:
             return taken[obj.key]
         created.append(obj.extent)
         return None
 
-    assert walk_hour(layout, hour, rows, -1, create) == 19
+    assert walk_hour(layout, hour, rows, Standing(0, -1), create) == Standing(0, 19)
     assert created == [Extent(15, 17, 3), Extent(18, 19, 2)]
     # Standing inside the batch already (the object before it reached past its start):
     created.clear()
-    assert walk_hour(layout, hour, rows, 16, create) == 19
+    assert walk_hour(layout, hour, rows, Standing(0, 16), create) == Standing(0, 19)
     assert created == [Extent(17, 19, 3)]
+
+
+def test_a_taken_key_whose_first_line_is_another_message_is_never_skipped():
+    # The topic was created again: offset 10 now names another event than the object's first.
+    hour = event_hour(HOUR_22)
+    layout = Layout("p", "t", 0, max_rows=3)
+    rows = [s3_row(offset, event(HOUR_22 + offset)) for offset in range(10, 13)]
+    older = s3_row(10, event(HOUR_22 - 5))[2]
+    with pytest.raises(IncarnationMismatch) as raised:
+        walk_hour(layout, hour, rows, Standing(0, -1), lambda obj: Stored(Extent(10, 40, 31), older))
+    assert (raised.value.mismatch.stored, raised.value.mismatch.current) == (older, rows[0][2])
+    assert raised.value.mismatch.key == layout.key(hour, 10)
+
+
+def test_generations_have_keys_of_their_own_in_the_same_hive_directories():
+    hour = event_hour(HOUR_22)
+    layout = Layout("batch_jsonl", "binance.miniticker", 2, max_rows=3)
+    assert layout.key(hour, 1234, 0) == object_key("batch_jsonl", hour, "binance.miniticker", 2, 1234, "none")
+    assert layout.key(hour, 1234, 3) == (
+        "batch_jsonl/dt=2023-11-14/hour=22/binance.miniticker-00002-g3-00000000000000001234.jsonl"
+    )
+    assert key_first_offset(layout.key(hour, 1234, 3)) == 1234
+    assert layout.listed(hour, layout.key(hour, 1234, 3)) == (3, 1234)
+    assert layout.listed(hour, layout.key(hour, 7, 0) + ".gz") == (0, 7)
+    # A topic whose name starts like ours ("binance.miniticker-00002") is not ours:
+    other = Layout("batch_jsonl", "binance.miniticker-00002", 5, max_rows=3)
+    assert layout.listed(hour, other.key(hour, 9)) is None
+    assert layout.listed(hour, layout.hour_prefix(hour) + "g0-00000000000000000001.jsonl") is None
+
+
+def test_locate_takes_the_newest_generation_that_belongs_else_a_new_one_above_all():
+    listing = {0: [0, 100, 200], 1: [0, 50], 2: [0]}
+    asked: list[tuple[int, int]] = []
+
+    def belongs_if(ours: int | None):
+        def belongs(generation: int, offset: int) -> bool:
+            asked.append((generation, offset))
+            return generation == ours
+
+        return belongs
+
+    assert locate(listing, 120, belongs_if(1)) == (1, 50)
+    assert asked == [(2, 0), (1, 50)]  # newest first; each by the object before the batch
+    asked.clear()
+    assert locate(listing, 120, belongs_if(None)) == (3, None)
+    assert asked == [(2, 0), (1, 50), (0, 100)]
+    asked.clear()
+    assert locate({0: [300, 400]}, 120, belongs_if(None)) == (1, None)
+    assert asked == [(0, 300)]  # nothing before the batch: the chain's first object
+    assert locate({}, 120, belongs_if(None)) == (0, None)
+    # Above a generation found to be another incarnation's, only newer ones are tried.
+    asked.clear()
+    assert locate(listing, 120, belongs_if(0), above=1) == (3, None)
+    assert asked == [(2, 0)]
+    assert locate({}, 120, belongs_if(None), above=4) == (5, None)
 
 
 def test_an_extent_that_does_not_fit_the_key_is_refused():
@@ -170,7 +229,7 @@ def test_an_extent_that_does_not_fit_the_key_is_refused():
     layout = Layout("p", "t", 0, max_rows=3)
     rows = [s3_row(offset, event(HOUR_22 + offset)) for offset in range(10, 13)]
     with pytest.raises(ForeignObjectError, match="records extent"):
-        walk_hour(layout, hour, rows, -1, lambda obj: Extent(9, 20, 12))
+        walk_hour(layout, hour, rows, Standing(0, -1), lambda obj: Stored(Extent(9, 20, 12), rows[0][2]))
     with pytest.raises(ValueError, match="expected metadata first-offset"):
         Extent.from_metadata({"first-offset": "3"})
     assert Extent.from_metadata({"first-offset": "3", "last-offset": "9", "rows": "4"}) == Extent(3, 9, 4)
@@ -178,7 +237,7 @@ def test_an_extent_that_does_not_fit_the_key_is_refused():
 
 def test_progress_is_used_only_for_the_batch_right_after_it():
     hour = event_hour(HOUR_22)
-    progress = Progress().after(41, {hour: 45})
-    assert progress.known(hour, 42) == 45
+    progress = Progress().after(41, {hour: Standing(1, 45)})
+    assert progress.known(hour, 42) == Standing(1, 45)
     assert progress.known(hour, 43) is None  # a gap: a rebalance may lie in between
     assert progress.known(event_hour(HOUR_22 + HOUR_MS), 42) is None
