@@ -3,13 +3,20 @@
 A zombie is a writer frozen mid-batch past its session timeout: a new owner takes its
 partition over from the committed offset and writes different cuts, then the zombie
 resumes and finishes its old batch (its commit is refused). The fake store is S3 as the
-sink uses it: create-only puts that answer with the existing object's extent when the key
-is taken, and a listing of a partition's hour.
+sink uses it: create-only puts that answer with the existing object's extent and first
+line when the key is taken, and a listing of a partition's hour.
+
+A topic recreation deletes the topic and creates it again under the same name: its
+offsets start again at 0 with other events, the group's committed offsets are gone (the
+broker deletes them with the topic), and the bucket keeps every object. The running
+owner keeps its memory of the old incarnation (a sink that ran through it) or loses it
+(a sink stopped in between).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +26,21 @@ from datetime import datetime
 import orjson
 import pytest
 
-from processors.s3_objects import Extent, Layout, Progress, S3Object, key_first_offset, store_batch, store_rows
+from processors.s3_objects import (
+    Extent,
+    Layout,
+    Mismatch,
+    Progress,
+    Row,
+    S3Object,
+    Standing,
+    Stored,
+    locate,
+    resume_after,
+    store_batch,
+    store_rows,
+    to_row,
+)
 from tests.factories import s3_row
 from tests.test_s3_objects import HOUR_22, HOUR_MS, event, lines
 
@@ -29,11 +50,14 @@ Stream = list[dict | None]
 @dataclass(frozen=True)
 class Scheme:
     """How writers put objects: ``overwrite`` is the old scheme's plain put; ``lookup``
-    whether a writer finds the object before its batch in the store (the listing)."""
+    whether a writer finds the object before its batch in the store (the listing);
+    ``check`` whether it checks a found object's first line against the topic (without it,
+    every object found is taken for this incarnation's)."""
 
     max_rows: int
     overwrite: bool = False
     lookup: bool = True
+    check: bool = True
 
 
 #: The scheme before create-only writes: one object per hour and batch, overwritten by a replay.
@@ -41,26 +65,45 @@ OVERWRITE = Scheme(max_rows=10**9, overwrite=True, lookup=False)
 
 
 class Store:
-    def __init__(self, scheme: Scheme):
+    """The bucket, and the topic as it is now (``log``: the current incarnation's stream)."""
+
+    def __init__(self, scheme: Scheme, log: Callable[[], Stream]):
         self.scheme = scheme
         self.layout = Layout("p", "t", 0, max_rows=scheme.max_rows)
-        self.objects: dict[str, tuple[Extent, list[dict]]] = {}
+        self.objects: dict[str, tuple[Extent, list[dict], bytes]] = {}
+        self.log = log
 
-    def create(self, obj: S3Object) -> Extent | None:
+    def create(self, obj: S3Object) -> Stored | None:
         if obj.key in self.objects and not self.scheme.overwrite:
-            return self.objects[obj.key][0]
-        self.objects[obj.key] = (obj.extent, lines(obj))
+            extent, _, first_line = self.objects[obj.key]
+            return Stored(extent, first_line if self.scheme.check else obj.first_line)
+        self.objects[obj.key] = (obj.extent, lines(obj), obj.first_line)
         return None
 
-    def previous(self, hour: datetime, first_offset: int) -> Extent | None:
+    def locate(self, hour: datetime, rows: list[Row], mismatch: Mismatch | None) -> Standing:
+        """The sink's listing and incarnation check (processors.s3_sink.S3JsonlSink._locate)."""
         if not self.scheme.lookup:
-            return None
-        prefix = self.layout.hour_prefix(hour)
-        below = [key for key in self.objects if key.startswith(prefix) and key_first_offset(key) < first_offset]
-        return self.objects[max(below, key=key_first_offset)][0] if below else None
+            return Standing(0, -1)
+        keys: dict[int, dict[int, str]] = {}
+        for key in self.objects:
+            if (named := self.layout.listed(hour, key)) is not None:
+                keys.setdefault(named[0], {})[named[1]] = key
+
+        def belongs(generation: int, offset: int) -> bool:
+            if not self.scheme.check:
+                return True
+            stream = self.log()
+            now = to_row(offset, orjson.dumps(stream[offset]) if offset < len(stream) and stream[offset] else None)
+            return isinstance(now, tuple) and self.objects[keys[generation][offset]][2] == now[2]
+
+        above = mismatch.generation if mismatch is not None else -1
+        listing = {generation: list(offsets) for generation, offsets in keys.items()}
+        generation, previous = locate(listing, rows[0][0], belongs, above=above)
+        extent = self.objects[keys[generation][previous]][0] if previous is not None else None
+        return resume_after(generation, extent)
 
     def events(self) -> Counter:
-        return Counter(orjson.dumps(row) for _, rows in self.objects.values() for row in rows)
+        return Counter(orjson.dumps(row) for _, rows, _ in self.objects.values() for row in rows)
 
 
 class Crash(Exception):
@@ -79,11 +122,11 @@ class Writer:
         self.progress = Progress()
         self.parts = parts
 
-    def write(self, batch: list[tuple[int, dict]], create: Callable[[S3Object], Extent | None] | None = None) -> None:
+    def write(self, batch: list[tuple[int, dict]], create: Callable[[S3Object], Stored | None] | None = None) -> None:
         rows = [s3_row(offset, event) for offset, event in batch]
         create = create or self.store.create
         if self.parts is None:
-            self.progress = store_batch(rows, self.store.layout, self.progress, create, self.store.previous)
+            self.progress = store_batch(rows, self.store.layout, self.progress, create, self.store.locate)
             return
         cuts = sorted(self.parts.sample(range(1, len(rows)), k=max(0, min(len(rows) - 1, self.parts.randint(0, 3)))))
         left: list = []
@@ -93,7 +136,7 @@ class Writer:
                 self.store.layout,
                 self.progress,
                 create,
-                self.store.previous,
+                self.store.locate,
                 full_only=end < len(rows),
             )
 
@@ -103,10 +146,10 @@ def batch_of(stream: Stream, start: int, end: int) -> list[tuple[int, dict]]:
     return [(offset, e) for offset in range(start, end) if (e := stream[offset]) is not None]
 
 
-def failing_after(store: Store, puts: int) -> Callable[[S3Object], Extent | None]:
+def failing_after(store: Store, puts: int) -> Callable[[S3Object], Stored | None]:
     calls = [0]
 
-    def create(obj: S3Object) -> Extent | None:
+    def create(obj: S3Object) -> Stored | None:
         if calls[0] == puts:
             raise Crash
         calls[0] += 1
@@ -120,7 +163,8 @@ class Partition:
 
     def __init__(self, stream: Stream, scheme: Scheme, max_batch: int, rng: random.Random, in_parts: bool = False):
         self.stream, self.max_batch, self.rng = stream, max_batch, rng
-        self.store = Store(scheme)
+        self.store = Store(scheme, log=lambda: self.stream)
+        self.incarnations = [stream]  # every stream the topic held, the current one last
         self.committed = 0
         self.in_parts = in_parts
         self.owner = self.writer()
@@ -158,7 +202,7 @@ class Partition:
         freeze_at = self.rng.randint(0, 3)  # puts before the pause; past the last: frozen before the commit
         calls = [0]
 
-        def create(obj: S3Object) -> Extent | None:
+        def create(obj: S3Object) -> Stored | None:
             if calls[0] == freeze_at:
                 frozen.set()
                 resume.wait()
@@ -183,17 +227,32 @@ class Partition:
         if self.rng.random() < 0.5:
             self.owner = zombie
 
-    def run(self, zombies: bool) -> Store:
-        while self.committed < len(self.stream):
-            if zombies and self.rng.random() < 0.3:
+    def recreate(self) -> None:
+        """The topic, read to its end, is deleted and created again: offsets from 0 with other
+        events, no committed offset; the owner ran through it (memory kept) or was stopped
+        (gone). (Events deleted with a topic before any sink read them are lost to every store.)"""
+        self.stream = random_stream(self.rng, self.rng.randint(1, 80), incarnation=len(self.incarnations))
+        self.incarnations.append(self.stream)
+        self.committed = 0
+        if self.rng.random() < 0.5:
+            self.owner = self.writer()
+
+    def run(self, zombies: bool, recreations: int = 0) -> Store:
+        while self.committed < len(self.stream) or recreations:
+            if self.committed >= len(self.stream):  # stored and committed: the old topic may go
+                recreations -= 1
+                self.recreate()
+            elif zombies and self.rng.random() < 0.3:
                 self.zombie()
             else:
                 self.step()
         return self.store
 
 
-def random_stream(rng: random.Random, length: int) -> Stream:
-    """Events around an hour boundary, a few late ones and a few poison messages (None)."""
+def random_stream(rng: random.Random, length: int, incarnation: int = 0) -> Stream:
+    """Events around an hour boundary, a few late ones and a few poison messages (None);
+    each ``incarnation`` of the topic has events of its own (another close price)."""
+    close = f"{incarnation + 1}.0"
     stream: Stream = []
     clock = HOUR_22 + HOUR_MS - length * 50
     for _ in range(length):
@@ -202,29 +261,37 @@ def random_stream(rng: random.Random, length: int) -> Stream:
         if roll < 0.08:
             stream.append(None)
         elif roll < 0.2:
-            stream.append(event(clock - rng.randint(0, 3_000), symbol="LATEUSDT"))
+            stream.append(event(clock - rng.randint(0, 3_000), symbol="LATEUSDT", close=close))
         else:
-            stream.append(event(clock))
+            stream.append(event(clock, close=close))
     return stream
 
 
-def expected(stream: Stream) -> Counter:
-    return Counter(orjson.dumps(e) for e in stream if e is not None)
+def expected(*streams: Stream) -> Counter:
+    return Counter(orjson.dumps(e) for stream in streams for e in stream if e is not None)
 
 
-def simulate(seed: int, *, zombies: bool, scheme: Scheme | None = None, in_parts: bool = False) -> tuple[Store, Stream]:
+def simulate(
+    seed: int, *, zombies: bool, scheme: Scheme | None = None, in_parts: bool = False, recreations: int = 0
+) -> tuple[Store, Stream]:
+    """Run one partition to its end; the store, and every event the topic ever held."""
     rng = random.Random(seed)
     stream = random_stream(rng, rng.randint(1, 80))
     scheme = scheme or Scheme(max_rows=rng.randint(1, 6))
-    return Partition(stream, scheme, max_batch=rng.randint(1, 15), rng=rng, in_parts=in_parts).run(zombies), stream
+    partition = Partition(stream, scheme, max_batch=rng.randint(1, 15), rng=rng, in_parts=in_parts)
+    store = partition.run(zombies, recreations)
+    return store, [e for incarnation in partition.incarnations for e in incarnation]
 
 
 def assert_one_chain_per_hour(store: Store) -> None:
-    """Objects of an hour have disjoint extents, each of at most max_rows rows."""
-    by_hour: dict[str, list[Extent]] = {}
-    for key, (extent, rows) in store.objects.items():
+    """Objects of an hour's chain (one per generation) have disjoint extents, each of at most max_rows rows."""
+    by_hour: dict[tuple[str, int], list[Extent]] = {}
+    for key, (extent, rows, _) in store.objects.items():
         assert extent.rows == len(rows) <= store.scheme.max_rows
-        by_hour.setdefault(key.rsplit("/", 1)[0], []).append(extent)
+        directory, name = key.rsplit("/", 1)
+        generation = re.search(r"-(g[0-9]+-)?[0-9]{20}\.", name)
+        assert generation is not None, key
+        by_hour.setdefault((directory, generation[1] or ""), []).append(extent)
     for extents in by_hour.values():
         extents.sort(key=lambda e: e.first_offset)
         assert all(a.last_offset < b.first_offset for a, b in zip(extents, extents[1:], strict=False))
@@ -251,7 +318,7 @@ def test_a_batch_stored_in_parts_gives_the_objects_it_gives_stored_whole():
         rng = random.Random(seed)
         stream = [e for e in random_stream(rng, rng.randint(1, 80)) if e is not None]
         scheme = Scheme(max_rows=rng.randint(1, 6))
-        whole, in_parts = Store(scheme), Store(scheme)
+        whole, in_parts = Store(scheme, lambda: stream), Store(scheme, lambda: stream)
         Writer(whole).write(list(enumerate(stream)))
         Writer(in_parts, parts=rng).write(list(enumerate(stream)))
         assert in_parts.objects == whole.objects, f"seed {seed}"
@@ -259,7 +326,7 @@ def test_a_batch_stored_in_parts_gives_the_objects_it_gives_stored_whole():
 
 def test_batches_are_cut_into_full_objects():
     store, stream = simulate(7, zombies=True, scheme=Scheme(max_rows=4))
-    sizes = Counter(extent.rows for extent, _ in store.objects.values())
+    sizes = Counter(extent.rows for extent, _, _ in store.objects.values())
     assert sizes[4] * 4 > sum(expected(stream).values()) / 2, sizes
 
 
@@ -283,7 +350,7 @@ def test_without_finding_the_object_before_its_batch_a_writer_stores_events_twic
 
 def test_a_writer_back_on_its_partition_after_others_wrote_looks_the_chain_up_again():
     stream: Stream = [event(HOUR_22 + n) for n in range(12)]
-    store = Store(Scheme(max_rows=10))
+    store = Store(Scheme(max_rows=10), log=lambda: stream)
     w, zombie, owner = Writer(store), Writer(store), Writer(store)
     w.write(batch_of(stream, 0, 3))  # w owns the partition, commits 3, then loses it
     zombie.write(batch_of(stream, 3, 9))  # an instance frozen on [3, 9) wrote its cut: [3..8]
@@ -291,3 +358,31 @@ def test_a_writer_back_on_its_partition_after_others_wrote_looks_the_chain_up_ag
     w.write(batch_of(stream, 5, 12))  # w back from 5: its memory (through 2) is no guide
     assert store.events() == expected(stream)
     assert_one_chain_per_hour(store)
+
+
+@pytest.mark.parametrize("zombies", [False, True], ids=["crashes", "crashes and zombies"])
+@pytest.mark.parametrize("in_parts", [False, True], ids=["whole batches", "batches stored in parts"])
+def test_every_event_of_every_incarnation_of_the_topic_is_stored_exactly_once(zombies, in_parts):
+    recreated = 0
+    for seed in range(300):
+        store, events = simulate(seed, zombies=zombies, in_parts=in_parts, recreations=1 + seed % 2)
+        assert store.events() == expected(events), f"seed {seed}"
+        assert_one_chain_per_hour(store)
+        recreated += any("-g" in key for key in store.objects)
+    assert recreated > 250  # most runs put a later incarnation's objects beside the first one's
+
+
+def test_without_the_incarnation_check_a_recreated_topic_loses_events():
+    # The check is what keeps them: a writer that takes every object found for its own
+    # incarnation's (the scheme before it) skips the new events at the offsets the old one wrote.
+    for check, lossy in ((True, 0), (False, 90)):
+        lost = 0
+        for seed in range(100):
+            rng = random.Random(seed)
+            first, second = random_stream(rng, 40), random_stream(rng, 40, incarnation=1)
+            store = Store(Scheme(max_rows=rng.randint(1, 6), check=check), log=lambda: first)  # noqa: B023
+            Writer(store).write(batch_of(first, 0, len(first)))
+            store.log = lambda: second  # noqa: B023
+            Writer(store).write(batch_of(second, 0, len(second)))
+            lost += sum((expected(first, second) - store.events()).values()) > 0
+        assert lost >= lossy if lossy else lost == 0, (check, lost)
