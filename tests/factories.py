@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from quixstreams.sinks import SinkBatch
 
 from crypto_live.kafka import ensure_topics
 from crypto_live.settings import KafkaSettings
+from processors.topic_log import ABSENT
 
 #: 2023-11-14T22:13:20Z: a fixed event time so tests are reproducible.
 BASE_TIME_MS = 1_700_000_000_000
@@ -60,6 +61,17 @@ def sink_batch(
         value = orjson.dumps(event)
         batch.append(value=value, key=event["s"].encode(), timestamp=event["E"], headers=[], offset=offset)
     return batch
+
+
+def topic_log(events: Sequence[Mapping[str, Any]], *, first_offset: int = 0) -> Callable[[str, int, int], Any]:
+    """What the S3 sink's incarnation check reads of the topic (processors.topic_log), for a
+    partition that now holds ``events`` at consecutive offsets from ``first_offset``."""
+
+    def read(topic: str, partition: int, offset: int) -> Any:
+        index = offset - first_offset
+        return orjson.dumps(events[index]) if 0 <= index < len(events) else ABSENT
+
+    return read
 
 
 def s3_row(offset: int, event: Mapping[str, Any]) -> tuple[int, int, bytes]:

@@ -318,7 +318,7 @@ def test_a_batch_stored_in_parts_gives_the_objects_it_gives_stored_whole():
         rng = random.Random(seed)
         stream = [e for e in random_stream(rng, rng.randint(1, 80)) if e is not None]
         scheme = Scheme(max_rows=rng.randint(1, 6))
-        whole, in_parts = Store(scheme, lambda: stream), Store(scheme, lambda: stream)
+        whole, in_parts = Store(scheme, lambda stream=stream: stream), Store(scheme, lambda stream=stream: stream)
         Writer(whole).write(list(enumerate(stream)))
         Writer(in_parts, parts=rng).write(list(enumerate(stream)))
         assert in_parts.objects == whole.objects, f"seed {seed}"
@@ -380,9 +380,9 @@ def test_without_the_incarnation_check_a_recreated_topic_loses_events():
         for seed in range(100):
             rng = random.Random(seed)
             first, second = random_stream(rng, 40), random_stream(rng, 40, incarnation=1)
-            store = Store(Scheme(max_rows=rng.randint(1, 6), check=check), log=lambda: first)  # noqa: B023
+            store = Store(Scheme(max_rows=rng.randint(1, 6), check=check), log=lambda first=first: first)
             Writer(store).write(batch_of(first, 0, len(first)))
-            store.log = lambda: second  # noqa: B023
+            store.log = lambda second=second: second
             Writer(store).write(batch_of(second, 0, len(second)))
             lost += sum((expected(first, second) - store.events()).values()) > 0
         assert lost >= lossy if lossy else lost == 0, (check, lost)

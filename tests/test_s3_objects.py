@@ -241,3 +241,30 @@ def test_progress_is_used_only_for_the_batch_right_after_it():
     assert progress.known(hour, 42) == Standing(1, 45)
     assert progress.known(hour, 43) is None  # a gap: a rebalance may lie in between
     assert progress.known(event_hour(HOUR_22 + HOUR_MS), 42) is None
+
+
+def test_a_key_of_another_incarnation_met_at_put_time_moves_the_hour_to_a_newer_generation():
+    # The listing saw nothing (another incarnation's object appeared after it, or the writer
+    # went by its memory): the put finds the key taken by another message; the hour is
+    # located again above that generation, and nothing is skipped.
+    hour = event_hour(HOUR_22)
+    layout = Layout("p", "t", 0, max_rows=3)
+    rows = [s3_row(offset, event(HOUR_22 + offset)) for offset in range(6)]
+    older = s3_row(0, event(HOUR_22 - 5))[2]
+    asked: list[object] = []
+    created: list[str] = []
+
+    def create(obj: S3Object) -> Stored | None:
+        if obj.key == layout.key(hour, 0):
+            return Stored(Extent(0, 9, 10), older)
+        created.append(obj.key)
+        return None
+
+    def relocate(at_hour, hour_rows, mismatch):
+        asked.append(mismatch)
+        return Standing(0, -1) if mismatch is None else Standing(mismatch.generation + 1, -1)
+
+    progress = store_batch(rows, layout, Progress(), create, relocate)
+    assert created == [layout.key(hour, 0, 1), layout.key(hour, 3, 1)]
+    assert asked[0] is None and asked[1].key == layout.key(hour, 0) and asked[1].stored == older
+    assert progress.stored_through == {hour: Standing(1, 5)}

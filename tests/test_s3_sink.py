@@ -7,6 +7,7 @@ thread drives each scenario and stops the app when it is done.
 from __future__ import annotations
 
 import gzip
+import re
 import tempfile
 import threading
 import time
@@ -26,6 +27,7 @@ from crypto_live.settings import S3SinkSettings, load
 from processors.s3_objects import GZIP_CONTENT_TYPE, JSONL_CONTENT_TYPE
 from processors.s3_sink import STAGE, S3JsonlSink, application, jsonl_sink, run
 from processors.stream import backpressure_backoff, state_directory
+from processors.topic_log import TopicReadError
 from tests.factories import (
     BASE_TIME_MS,
     assert_exactly_once,
@@ -36,6 +38,7 @@ from tests.factories import (
     run_service,
     sink_batch,
     ticker,
+    topic_log,
 )
 from tests.helpers import cli_env, read_topic, run_cli, start_cli, wait_for
 
@@ -419,7 +422,9 @@ def test_a_zombie_writing_its_old_batch_after_the_new_owner_stores_nothing_twice
         return sink_batch(events[start:end], topic="ticks", first_offset=start)
 
     def sink() -> S3JsonlSink:
-        return S3JsonlSink(boto3.client("s3", region_name=REGION), bucket, "raw", max_rows=30)
+        return S3JsonlSink(
+            boto3.client("s3", region_name=REGION), bucket, "raw", max_rows=30, topic_log=topic_log(events)
+        )
 
     a, b, c = sink(), sink(), sink()
     b.write(batch(0, 45))  # objects [0..29], [30..44]; commits 45
@@ -501,3 +506,73 @@ def test_rows_an_hour_change_left_over_are_stored_when_the_checkpoint_closes(s3,
     objects = stored(s3, bucket)
     assert sorted((first_offset(key), len(rows)) for key, rows in objects.items()) == [(0, 20), (20, 10)]
     assert_exactly_once([key_of(row) for row in all_rows(objects)], map(key_of, events))
+
+
+# --------------------------------------------------------------------------- topic incarnations
+
+
+def recreated_sink(bucket: str, events: list[dict], **options) -> S3JsonlSink:
+    """A sink started afresh on a topic that now holds ``events`` from offset 0."""
+    options.setdefault("topic_log", topic_log(events))
+    return S3JsonlSink(boto3.client("s3", region_name=REGION), bucket, "raw", max_rows=30, **options)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_topic_created_again_is_stored_beside_the_old_one_never_skipped(s3, bucket, caplog, compression):
+    """The topic was deleted and created again: its offsets start again at 0, in an hour the
+    old incarnation wrote. Every new event is stored, in keys of their own, and one warning
+    names the topic, the partition and both first events."""
+    old = [ticker(n) for n in range(75)]
+    new = [ticker(n, symbol="ETHUSDT", event_time=BASE_TIME_MS + 500 + n) for n in range(100)]
+    with recreated_sink(bucket, old, compression=compression) as sink:
+        sink.write(sink_batch(old, topic="ticks"))
+    with (
+        caplog.at_level("WARNING", logger="processors.s3_sink"),
+        recreated_sink(bucket, new, compression=compression) as sink,
+    ):
+        sink.write(sink_batch(new[:40], topic="ticks"))  # the offsets [0, 40) were the old one's too
+        sink.write(sink_batch(new[40:], topic="ticks", first_offset=40))  # and [40, 75)
+    objects = stored(s3, bucket)
+    assert_exactly_once([key_of(row) for row in all_rows(objects)], map(key_of, old + new))
+    generations = Counter(re.search(r"-(g\d+-)?\d{20}\.", key)[1] for key in objects)
+    assert generations == {None: 3, "g1-": 4}, sorted(objects)  # [0..29] [30..59] [60..74]; 30, 10, 30, 30
+    warnings = [r.getMessage() for r in caplog.records if "created again" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "topic ticks partition 0" in warnings[0] and "generation 1" in warnings[0]
+    assert '"s":"BTCUSDT"' in warnings[0] and '"s":"ETHUSDT"' in warnings[0]
+
+
+def test_a_replay_of_the_same_incarnation_still_skips_what_is_stored(s3, bucket):
+    """Objects of the incarnation the sink reads (written before the check existed, too: the
+    check needs nothing but their first line) are found, not written again."""
+    events = [ticker(n) for n in range(90)]
+    layout_key = "raw/dt=2023-11-14/hour=22/ticks-00000-00000000000000000000.jsonl"
+    # The object as the sink wrote it before generations existed: the same key, body and metadata.
+    body = b"".join(orjson.dumps(event) + b"\n" for event in events[:30])
+    metadata = {"first-offset": "0", "last-offset": "29", "rows": "30"}
+    s3.put_object(Bucket=bucket, Key=layout_key, Body=body, Metadata=metadata)
+    with recreated_sink(bucket, events) as sink:
+        sink.write(sink_batch(events[:60], topic="ticks"))  # a crash-replay from offset 0
+        restarted = recreated_sink(bucket, events)
+        restarted.write(sink_batch(events[45:], topic="ticks", first_offset=45))  # a restart inside [30..59]
+        restarted.close()
+    objects = stored(s3, bucket)
+    assert_exactly_once([key_of(row) for row in all_rows(objects)], map(key_of, events))
+    assert sorted(first_offset(key) for key in objects) == [0, 30, 60]
+    assert not any("-g" in key for key in objects)
+    assert (sink.objects_found, restarted.objects_written) == (1, 1)
+
+
+def test_a_topic_that_cannot_be_read_for_the_check_is_backpressure_not_a_guess(s3, bucket):
+    """The check reads the topic when the batch does not hold the offset it needs; a broker
+    that does not answer makes the sink pause and replay, never decide blind."""
+    old = [ticker(n) for n in range(60)]
+    with recreated_sink(bucket, old) as sink:
+        sink.write(sink_batch(old, topic="ticks"))
+
+    def unreachable(topic: str, partition: int, offset: int):
+        raise TopicReadError("Kafka did not answer")
+
+    with recreated_sink(bucket, old, topic_log=unreachable) as sink, pytest.raises(SinkBackpressureError):
+        sink.write(sink_batch(old[45:], topic="ticks", first_offset=45))  # the object before it starts at 30
+    assert sorted(first_offset(key) for key in stored(s3, bucket)) == [0, 30]
