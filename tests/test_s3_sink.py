@@ -19,10 +19,12 @@ import botocore.config
 import orjson
 import pytest
 from botocore.stub import Stubber
+from confluent_kafka.admin import AdminClient
 from quixstreams.sinks import SinkBackpressureError
 
 from crypto_live.backoff import Backoff, exponential
 from crypto_live.errors import BucketSetupError, DestinationError
+from crypto_live.kafka import ensure_topics
 from crypto_live.settings import S3SinkSettings, load
 from processors.s3_objects import GZIP_CONTENT_TYPE, JSONL_CONTENT_TYPE
 from processors.s3_sink import STAGE, S3JsonlSink, application, jsonl_sink, run
@@ -576,3 +578,33 @@ def test_a_topic_that_cannot_be_read_for_the_check_is_backpressure_not_a_guess(s
     with recreated_sink(bucket, old, topic_log=unreachable) as sink, pytest.raises(SinkBackpressureError):
         sink.write(sink_batch(old[45:], topic="ticks", first_offset=45))  # the object before it starts at 30
     assert sorted(first_offset(key) for key in stored(s3, bucket)) == [0, 30]
+
+
+def recreate_topic(kafka) -> None:
+    """Delete the event and dead-letter topics and create them again, empty, as an operator would."""
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    for future in admin.delete_topics([kafka.topic, kafka.dlq_topic], operation_timeout=30).values():
+        future.result()
+    wait_for(lambda: kafka.topic not in admin.list_topics(timeout=5).topics, 30, what=f"{kafka.topic} deleted")
+    wait_for(lambda: ensure_topics(kafka) or True, 30, what=f"{kafka.topic} created again")
+
+
+def incarnations() -> tuple[list[dict], list[dict]]:
+    """The events of a topic before and after it is created again: the new one's offsets
+    [0, 120) were the old one's too, in the same event hour."""
+    old = [ticker(n) for n in range(120)]
+    new = [ticker(n, symbol="ETHUSDT", event_time=BASE_TIME_MS + 500 + n) for n in range(150)]
+    return old, new
+
+
+def test_a_topic_created_again_under_a_stopped_sink_is_stored_whole(kafka_env, s3, bucket):
+    settings = sink_settings(kafka_env, bucket, MAX_BATCH_SIZE="50", MAX_BATCH_TIMEOUT="1", KAFKA_TOPIC_PARTITIONS="1")
+    old, new = incarnations()
+    publish(settings.kafka, old)
+    run_sink(settings, until_rows(s3, bucket, len(old)))
+    recreate_topic(settings.kafka)
+    publish(settings.kafka, new)
+    run_sink(settings, until_rows(s3, bucket, len(old) + len(new)))
+    objects = stored(s3, bucket)
+    assert_exactly_once([key_of(row) for row in all_rows(objects)], map(key_of, old + new))
+    assert sum("-g1-" in key for key in objects) == 3  # the new incarnation's, beside the old one's
