@@ -64,13 +64,12 @@ def _dynamo_count(table: str) -> int:
         return 0
 
 
-def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env, unique, tmp_path):
-    bucket, table = f"run-{unique}", f"run-{unique}"
+def run_env(aws_env: dict, unique: str, tmp_path) -> dict[str, str]:
     env = cli_env(
         aws_env,
         {
-            "S3_BUCKET": bucket,
-            "DYNAMO_TABLE_NAME": table,
+            "S3_BUCKET": f"run-{unique}",
+            "DYNAMO_TABLE_NAME": f"run-{unique}",
             "KAFKA_TOPIC": f"run-{unique}",
             "BINANCE_WEBSOCKET_SECRET": f"run-{unique}",
             "MAX_BATCH_SIZE": "100",
@@ -80,9 +79,16 @@ def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env
         },
     )
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)  # run starts its own broker
+    return env
+
+
+def run_until(env: dict[str, str], rows: int) -> tuple[int, str]:
+    """One `crypto-live run --simulate` until DynamoDB holds ``rows`` rows, then Ctrl-C: the
+    events it took in, by its summary line, and its output."""
+    table = env["DYNAMO_TABLE_NAME"]
     process = start_cli(["run", "--simulate", "--symbols", "40"], env)
     try:
-        wait_for(lambda: _dynamo_count(table) >= 300, timeout=90, what="rows flowing into DynamoDB")
+        wait_for(lambda: _dynamo_count(table) >= rows, timeout=90, what="rows flowing into DynamoDB")
     finally:
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=180)
@@ -94,7 +100,13 @@ def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env
         re.MULTILINE,
     )
     assert summary, stdout
-    events_in = int(summary.group(1).replace(",", ""))
+    return int(summary.group(1).replace(",", "")), stdout
+
+
+def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env, unique, tmp_path):
+    env = run_env(aws_env, unique, tmp_path)
+    bucket, table = env["S3_BUCKET"], env["DYNAMO_TABLE_NAME"]
+    events_in, stdout = run_until(env, 300)
     assert f"s3://{bucket}/batch_jsonl" in stdout and f"--table-name {table}" in stdout
 
     in_s3 = _s3_events(bucket)
@@ -102,6 +114,22 @@ def test_run_simulate_lands_every_event_once_and_stops_cleanly_on_sigint(aws_env
     assert duplicates == []
     assert len(in_s3) == events_in  # every event of the topic, once
     assert_exactly_once(_dynamo_keys(table), in_s3)  # DynamoDB holds the same events, each once
+
+
+@pytest.mark.long
+def test_two_runs_against_one_aws_endpoint_land_both_runs_events_once(aws_env, unique, tmp_path):
+    """Each run starts a new embedded broker: the topic's offsets start again at 0 in an hour
+    the first run wrote. The second run's events go beside the first's, none skipped."""
+    env = run_env(aws_env, unique, tmp_path)
+    bucket, table = env["S3_BUCKET"], env["DYNAMO_TABLE_NAME"]
+    first, _ = run_until(env, 200)
+    second, _ = run_until(env, _dynamo_count(table) + 200)
+    assert "was created again" in (tmp_path / "s3-sink.log").read_text()  # the one warning
+
+    in_s3 = _s3_events(bucket)
+    assert [key for key, count in Counter(in_s3).items() if count > 1] == []
+    assert len(in_s3) == first + second  # both runs' events, each once
+    assert_exactly_once(_dynamo_keys(table), in_s3)
 
 
 def test_a_bad_simulator_option_is_refused_before_anything_starts():
