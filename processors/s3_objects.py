@@ -53,6 +53,37 @@ so it never stores an event twice, while the events it does store are ones nobod
 (the chain is the same for every writer). Nothing is ever lost: an offset is committed
 only after its event is in a link, and links are never overwritten.
 
+**Topic incarnations.** All of the above trusts that an offset names one message forever.
+It names one message per *incarnation* of the topic: a topic deleted and created again
+under the same name (an operator changing its partitions, a dev broker restarted without
+a volume, every ``crypto-live run`` on its embedded broker) starts its offsets again at 0,
+and an object of the old incarnation may sit on the very key the new one needs. So:
+
+5. An object's first line IS the message at its first offset, byte for byte (the line is
+   the event's bytes as read). A writer takes an object for its own incarnation's only
+   after comparing that line with the message at that offset now: the batch's own row when
+   it holds the offset (a 412 at put time always does), else one read of the topic
+   (:mod:`processors.topic_log`). No new metadata is needed, so objects written before
+   this check existed are judged by it as well.
+6. Each (partition, hour) has one chain per *generation*: generation 0 has the keys above,
+   generation g >= 1 names its objects ``<topic>-<partition>-g<g>-<offset>`` in the same
+   directories. A writer with no memory of an hour finds its generation with
+   :func:`locate`: the newest generation whose object before the batch (else its first)
+   starts with the message now at that offset; if none does, one above all generations
+   seen. Every writer of one incarnation sees the same objects and the same log, so it
+   decides alike, and 1-4 hold within each generation: a chain never mixes incarnations.
+7. A key found taken by another message at put time (the writer went by its memory, or
+   the object appeared after its listing) is never skipped: the hour is located again
+   above that generation (:func:`store_rows`).
+
+So every event of every incarnation is stored once. Limits: the broker must drop the
+group's committed offsets with the topic (Tansu does, measured; Kafka removes the offsets
+of deleted partitions), or a sink would resume the new incarnation at the old one's offset; two incarnations with
+byte-identical events at the same offset are taken for one (real miniTicker events carry
+their event time in ms); and an object whose first event retention already removed from
+the topic is judged another incarnation's (the hour's events are then written again in a
+new generation: doubled, never lost).
+
 Objects of one batch are full (``max_rows`` rows) except each hour's last one; the sink's
 checkpoint is sized so a busy partition fills several (see :mod:`processors.s3_sink`).
 An object without the extent metadata (not written by this scheme) on a key the sink

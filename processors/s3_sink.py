@@ -23,7 +23,11 @@ across crashes, replays and zombie writers). The alternatives fail the contract:
 
 The S3 calls: PutObject with If-None-Match (s3:PutObject); ListObjectsV2 of one
 partition's hour when a writer starts on a partition or after a gap (s3:ListBucket); and
-HeadObject (s3:GetObject) of a key found taken, or of the object the listing found.
+(s3:GetObject) a ranged GetObject of the start of a key found taken or of the object the
+listing found -- its extent (metadata) and first line, for the incarnation check of
+:mod:`processors.s3_objects` -- or HeadObject, for the extent alone. When the batch does not
+hold the offset that check needs, the sink reads that one message of the topic
+(:mod:`processors.topic_log`: no group, no commit).
 
 Failures, the rule both sinks follow (decided by :func:`crypto_live.aws.is_transient`):
 

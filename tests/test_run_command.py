@@ -12,6 +12,7 @@ import pytest
 
 from crypto_live.local import SourceChoice, choose_source
 from crypto_live.observer import Snapshot, format_status
+from tests import figures
 from tests.factories import assert_exactly_once, key_of
 from tests.helpers import cli_env, run_cli, start_cli, wait_for
 
@@ -127,6 +128,15 @@ def test_two_runs_against_one_aws_endpoint_land_both_runs_events_once(aws_env, u
     assert "was created again" in (tmp_path / "s3-sink.log").read_text()  # the one warning
 
     in_s3 = _s3_events(bucket)
+    doubled = sum(count - 1 for count in Counter(in_s3).values())
+    lost = first + second - (len(in_s3) - doubled)
+    figures.record(
+        "two `crypto-live run --simulate` against one AWS endpoint: S3",
+        events=first + second,
+        lost=lost,
+        doubled=doubled,
+        first_run=first,
+    )
     assert [key for key, count in Counter(in_s3).items() if count > 1] == []
     assert len(in_s3) == first + second  # both runs' events, each once
     assert_exactly_once(_dynamo_keys(table), in_s3)

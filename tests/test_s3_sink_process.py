@@ -12,6 +12,7 @@ import pytest
 
 from crypto_live.settings import KafkaSettings, load
 from processors.s3_sink import STAGE
+from tests import figures
 from tests import test_s3_sink as in_process
 from tests.factories import committed, publish, ticker
 from tests.helpers import CliProcess, cli_env, read_topic, wait_for
@@ -224,11 +225,20 @@ def test_a_topic_created_again_under_a_running_sink_is_never_skipped(kafka_env, 
     publish(kafka, new)
     everything = len(old) + len(new)
     wait_for(lambda: not sink.alive or len(all_rows(stored(s3, bucket))) >= everything, 60, what="the new topic stored")
-    if not sink.alive:
+    stopped = not sink.alive
+    if stopped:
         assert len(all_rows(stored(s3, bucket))) < everything  # it stopped before storing what is new
         sink = sinks(env)
         wait_for(
             lambda: not sink.alive or len(all_rows(stored(s3, bucket))) >= everything, 60, what="stored after a restart"
         )
     assert sink.terminate() == 0, sink.log()
-    assert identities(all_rows(stored(s3, bucket))) == identities(old + new)
+    found, wanted = identities(all_rows(stored(s3, bucket))), identities(old + new)
+    figures.record(
+        "topic created again under a running S3 sink",
+        events=len(old) + len(new),
+        lost=sum((wanted - found).values()),
+        doubled=sum((found - wanted).values()),
+        sink_stopped=int(stopped),
+    )
+    assert found == wanted
