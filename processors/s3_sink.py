@@ -24,8 +24,8 @@ across crashes, replays and zombie writers). The alternatives fail the contract:
 The S3 calls: PutObject with If-None-Match (s3:PutObject); ListObjectsV2 of one
 partition's hour when a writer starts on a partition or after a gap (s3:ListBucket); and
 (s3:GetObject) a ranged GetObject of the start of a key found taken or of the object the
-listing found -- its extent (metadata) and first line, for the incarnation check of
-:mod:`processors.s3_objects` -- or HeadObject, for the extent alone. When the batch does not
+listing found: its extent (metadata) and first line, for the incarnation check of
+:mod:`processors.s3_objects`. When the batch does not
 hold the offset that check needs, the sink reads that one message of the topic
 (:mod:`processors.topic_log`: no group, no commit).
 
@@ -391,15 +391,8 @@ class S3JsonlSink(CheckingSink):
                 break
         return Stored(self._extent_of(key, metadata or {}), text[:wanted].split(b"\n", 1)[0])
 
-    def _extent(self, key: str) -> Extent:
-        """The extent recorded in the metadata of the object at ``key``."""
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise self._failure(exc, "HeadObject", key) from None
-        return self._extent_of(key, head.get("Metadata", {}))
-
     def _extent_of(self, key: str, metadata: dict[str, str]) -> Extent:
+        """The extent an object's metadata records; DestinationError for an object without one."""
         try:
             return Extent.from_metadata(metadata)
         except ValueError as exc:
@@ -446,10 +439,8 @@ class S3JsonlSink(CheckingSink):
         )
         if foreign:
             self._tell_incarnation(layout, hour, generation, foreign[0])
-        if previous is None:
-            return resume_after(generation, None)
-        key = keys[generation][previous]
-        return resume_after(generation, read[key].extent if key in read else self._extent(key))
+        # The object a writer resumes after is the one locate checked: its extent is read already.
+        return resume_after(generation, None if previous is None else read[keys[generation][previous]].extent)
 
     def _line_now(self, layout: Layout, offset: int, key: str) -> bytes | None:
         """The line the message now at ``offset`` of the layout's partition makes, or None when
@@ -510,7 +501,7 @@ class S3JsonlSink(CheckingSink):
 
 
 def jsonl_sink(settings: S3SinkSettings, **options: Any) -> S3JsonlSink:
-    options.setdefault("topic_log", TopicLog(client_config(settings.kafka)).read)
+    options.setdefault("topic_log", TopicLog(client_config(settings.kafka), settings.consumer_group).read)
     return S3JsonlSink(
         aws.client(settings.aws, "s3", **aws.SINK_REQUEST_LIMITS),
         settings.bucket,

@@ -55,12 +55,16 @@ class TopicReadError(CryptoLiveError):
 
 
 class TopicLog:
-    """Reads single messages with ``config`` (:func:`crypto_live.kafka.client_config`)."""
+    """Reads single messages with ``config`` (:func:`crypto_live.kafka.client_config`).
 
-    def __init__(self, config: dict[str, Any], *, timeout: float = 10.0):
+    ``group`` is the reading service's own consumer group: librdkafka looks its coordinator
+    up (FindCoordinator, authorized by MSK IAM as the DescribeGroup the service already has)
+    but never joins it or commits to it -- partitions are assigned, not subscribed."""
+
+    def __init__(self, config: dict[str, Any], group: str, *, timeout: float = 10.0):
         self._config = {
             **config,
-            "group.id": "crypto-live-topic-log",  # librdkafka wants one; nothing joins or commits
+            "group.id": group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "error",
