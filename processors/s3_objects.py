@@ -239,11 +239,6 @@ def object_key(
 _NAME = re.compile(r"(?:g(?P<generation>[1-9][0-9]*)-)?(?P<offset>[0-9]{20})\.jsonl(?:\.gz)?")
 
 
-def key_first_offset(key: str) -> int:
-    """The first offset in an object key's name (see :func:`object_key`)."""
-    return int(key.rsplit("-", 1)[1].split(".", 1)[0])
-
-
 def to_row(offset: int, raw: bytes | None) -> Row | Invalid:
     """The row of the message at ``offset`` whose value is ``raw``, or why it is not a valid event.
 

@@ -31,8 +31,6 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from crypto_live.errors import CryptoLiveError
 
-log = logging.getLogger(__name__)
-
 
 class _Absent:
     def __repr__(self) -> str:
