@@ -23,8 +23,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/crypto-live/bin:$PATH \
     LOG_FORMAT=json
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin crypto
+# /scratch is the one writable path beside a read-only root filesystem (ECS mounts a
+# bind-mount volume there; Fargate has no tmpfs): created here for UID 10001 and declared a
+# VOLUME, so the mount starts with this owner instead of root's 0755 (ECS "Bind mounts").
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin crypto \
+    && mkdir /scratch \
+    && chown 10001:10001 /scratch
 COPY --from=build /opt/crypto-live /opt/crypto-live
+VOLUME ["/scratch"]
 
 USER 10001
 # ECS and compose stop with SIGTERM, which reaches Python directly (exec-form ENTRYPOINT, no

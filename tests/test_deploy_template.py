@@ -126,13 +126,18 @@ def deployed(aws_endpoint):
     return stack, environments
 
 
+#: Variables the Python runtime reads, not a settings object: TMPDIR places tempfile's
+#: directories (Quix's state directory) on the task's scratch volume.
+RUNTIME_VARIABLES = {"TMPDIR"}
+
+
 def test_every_variable_a_task_definition_sets_is_read_by_its_service_and_accepted(deployed):
     _, environments = deployed
     assert set(environments) == set(SERVICES)
     for service, env in environments.items():
         settings_class = SETTINGS_OF[service]
         specs = [v for cls in (settings_class, LogSettings, MonitoringSettings) for v in variables(cls)]
-        read = {v.env for v in specs} | {v.fallback for v in specs if v.fallback}
+        read = {v.env for v in specs} | {v.fallback for v in specs if v.fallback} | RUNTIME_VARIABLES
         assert set(env) <= read, f"{service} ignores {sorted(set(env) - read)}"
         load(settings_class, env)  # raises SettingsError naming any value the service refuses
         assert load(LogSettings, env).format == "json"
@@ -259,7 +264,9 @@ def test_the_producer_never_overlaps_itself_and_the_sinks_may():
     assert producer["DeploymentConfiguration"]["MinimumHealthyPercent"] == 0
     for sink, count in (("S3SinkService", "S3SinkCount"), ("DynamoSinkService", "DynamoSinkCount")):
         properties = resources[sink]["Properties"]
-        assert properties["DesiredCount"] == {"Ref": count}
+        # Without autoscaling the count is the parameter's; with it, absent, so that an update
+        # keeps the count autoscaling set (CloudFormation, AWS::ECS::Service DesiredCount).
+        assert properties["DesiredCount"] == {"Fn::If": ["AutoscaleSinks", {"Ref": "AWS::NoValue"}, {"Ref": count}]}
         assert properties["DeploymentConfiguration"]["MaximumPercent"] == 200
     for name in SERVICE_RESOURCES.values():
         properties = resources[name]["Properties"]
@@ -280,10 +287,15 @@ def test_each_container_runs_its_subcommand_with_its_heartbeat_as_health_check()
         health = container["HealthCheck"]["Command"]
         assert health == ["CMD", "crypto-live", "healthcheck", service]
         assert parser.parse_args(health[2:]).command == "healthcheck"
-        # The heartbeat file and Quix's state directory live in the temp directory, on a
-        # read-only root filesystem a tmpfs.
+        # The heartbeat file and Quix's state directory (TMPDIR) live on the scratch volume,
+        # the one writable path beside a read-only root filesystem.
         assert container["ReadonlyRootFilesystem"] is True
-        assert [t["ContainerPath"] for t in container["LinuxParameters"]["Tmpfs"]] == ["/tmp"]
+        assert "Tmpfs" not in container["LinuxParameters"]  # Fargate has none
+        definition = template["Resources"][TASK_DEFINITIONS[service]]["Properties"]
+        assert definition["Volumes"] == [{"Name": "scratch"}]
+        assert container["MountPoints"] == [{"SourceVolume": "scratch", "ContainerPath": "/scratch", "ReadOnly": False}]
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assert env["TMPDIR"] == env["CRYPTO_LIVE_HEARTBEAT_DIR"] == "/scratch"
         log = container["LogConfiguration"]
         assert log["LogDriver"] == "awslogs"
         log_group = TASK_DEFINITIONS[service].replace("TaskDefinition", "LogGroup")
@@ -323,7 +335,18 @@ def test_optional_lag_autoscaling_keeps_each_sink_between_its_count_and_the_part
         assert target["Properties"]["MinCapacity"] == {"Ref": f"{sink}Count"}
         assert target["Properties"]["MaxCapacity"] == {"Ref": "TopicPartitions"}
         assert resolve(target["Properties"]["ResourceId"], stack) == f"service/cluster/{service}"
-        metric = policy["Properties"]["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
+        spec = policy["Properties"]["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
+        metrics = {m["Id"]: m for m in spec["Metrics"]}
+        # The one series tracked is the lag per running task: it halves when the tasks double.
+        assert [m["Id"] for m in spec["Metrics"] if m["ReturnData"]] == ["lag_per_task"]
+        assert metrics["lag_per_task"]["Expression"] == "lag / IF(tasks < 1, 1, tasks)"
+        tasks = metrics["tasks"]["MetricStat"]["Metric"]
+        assert (tasks["Namespace"], tasks["MetricName"]) == ("ECS/ContainerInsights", "RunningTaskCount")
+        assert {d["Name"]: resolve(d["Value"], stack) for d in tasks["Dimensions"]} == {
+            "ClusterName": "cluster",
+            "ServiceName": service,
+        }
+        metric = metrics["lag"]["MetricStat"]["Metric"]
         dimensions = {d["Name"]: resolve(d["Value"], stack) for d in metric["Dimensions"]}
         env = {e["Name"]: resolve(e["Value"], stack) for e in _container(template, container)["Environment"]}
         # The lag of the group this sink consumes as, on the topic it reads, in this cluster.
