@@ -49,7 +49,7 @@ def test_every_app_service_is_stoppable_restartable_and_waits_for_its_dependenci
         }
     assert services["redpanda-init"]["depends_on"]["redpanda"]["condition"] == "service_healthy"
     assert "rpk" in " ".join(services["redpanda"]["healthcheck"]["test"])
-    assert "./redpanda.yaml:/etc/redpanda/redpanda.yaml" in services["redpanda"]["volumes"]
+    assert "./redpanda.yaml:/etc/redpanda-seed/redpanda.yaml:ro" in services["redpanda"]["volumes"]
 
 
 def test_redpanda_init_creates_the_topics_the_services_expect():
