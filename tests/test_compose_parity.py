@@ -7,8 +7,11 @@ addresses, and must do its job: provision, simulate, produce, sink.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -142,3 +145,25 @@ def test_compose_services_run_as_written_against_the_embedded_stack(private_stac
                 process.send_signal(signal.SIGTERM)
         codes = {name: process.wait(60) for name, process in processes.items()}
     assert codes == {"simulator": 0, "producer": 0, "s3-sink": 0, "dynamo-sink": 0}
+
+    # The README's look at the emulator's S3 and DynamoDB, as written: it brings its own
+    # region and credentials (none come from this environment), and finds what the sinks wrote.
+    looked = run_readme_block("emulator() {", {"http://localhost:5000": aws}, home=tmp_path)
+    assert looked.returncode == 0, looked.stderr
+    assert "batch_jsonl/dt=" in looked.stdout and ".jsonl" in looked.stdout
+    assert '"symbol"' in looked.stdout and '"BTCUSDT"' in looked.stdout
+
+
+def run_readme_block(start: str, replace: dict[str, str], *, home: Path) -> subprocess.CompletedProcess:
+    """Run the README's sh block that starts with ``start`` under bash, its addresses replaced,
+    with the venv's ``aws`` first on PATH; no AWS variable or profile of the test run reaches it."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(f"```sh\n{start}") + len("```sh\n") :]
+    block = block[: block.index("```")]
+    for old, new in replace.items():
+        block = block.replace(old, new)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], env=env, capture_output=True, text=True, timeout=120
+    )
