@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 from cfnlint.api import ManualArgs, lint, lint_file
 
@@ -153,19 +154,59 @@ def test_the_s3_sink_start_up_check_passes_against_the_stacks_bucket(deployed):
     assert f"s3://{settings.bucket}/{settings.prefix}/" == stack.outputs["JsonlLocation"]
 
 
-def test_the_dynamo_sink_start_up_check_passes_against_the_stacks_table(deployed):
-    stack, environments = deployed
+@pytest.fixture(scope="module")
+def deployed_provisioned(aws_endpoint):
+    name = f"crypto-live-provisioned-{uuid.uuid4().hex[:8]}"
+    stack = deploy(boto3.client("cloudformation", region_name=REGION), name, {"TableBillingMode": "provisioned"})
+    environments = container_environments(boto3.client("ecs", region_name=REGION), stack)
+    return stack, environments
+
+
+@pytest.mark.parametrize(("mode", "billing"), [("on-demand", "PAY_PER_REQUEST"), ("provisioned", "PROVISIONED")])
+def test_the_dynamo_sink_start_up_check_passes_against_the_stacks_table_in_either_billing_mode(mode, billing, request):
+    stack, environments = request.getfixturevalue("deployed" if mode == "on-demand" else "deployed_provisioned")
     settings = load(DynamoSinkSettings, environments["dynamo-sink"])
     assert settings.table == stack.outputs["TableName"] and settings.create_table is False
+    described = boto3.client("dynamodb", region_name=REGION).describe_table(TableName=settings.table)["Table"]
+    assert described.get("BillingModeSummary", {}).get("BillingMode", "PAY_PER_REQUEST") == billing
     with dynamo_sink.table_sink(settings) as sink:
         sink.setup()  # raises TableSetupError if the table is missing or its keys are not the sink's
 
 
-def test_the_table_expires_rows_on_the_attribute_the_sink_writes_and_is_billed_on_demand():
+def test_provisioned_writes_follow_the_load_between_their_bounds():
+    # moto's CloudFormation creates no Application Auto Scaling resources: read them here.
+    resources = load_template()["Resources"]
+    table = resources["EventsTable"]["Properties"]
+    assert table["ProvisionedThroughput"]["Fn::If"][0] == "ProvisionedTable"
+    assert table["ProvisionedThroughput"]["Fn::If"][1]["WriteCapacityUnits"] == {"Ref": "TableMinWriteCapacity"}
+    target, policy = resources["TableWriteScalableTarget"], resources["TableWriteScaling"]
+    assert target["Condition"] == policy["Condition"] == "ProvisionedTable"
+    stack = Stack(parameter_values(load_template(), FAKE_PARAMETERS), {}, physical_ids={"EventsTable": "events"})
+    assert resolve(target["Properties"]["ResourceId"], stack) == "table/events"
+    assert target["Properties"]["ScalableDimension"] == "dynamodb:table:WriteCapacityUnits"
+    assert (target["Properties"]["MinCapacity"], target["Properties"]["MaxCapacity"]) == (
+        {"Ref": "TableMinWriteCapacity"},
+        {"Ref": "TableMaxWriteCapacity"},
+    )
+    tracking = policy["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["PredefinedMetricSpecification"] == {"PredefinedMetricType": "DynamoDBWriteCapacityUtilization"}
+    assert tracking["TargetValue"] == {"Ref": "TableTargetWriteUtilization"}
+    # Throttled writes are what a provisioned table answers past its capacity: the sink waits them out.
+    assert aws.is_transient(
+        botocore.exceptions.ClientError(
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "throttled"}}, "BatchWriteItem"
+        )
+    )
+
+
+def test_the_table_expires_rows_on_the_attribute_the_sink_writes_and_is_billed_on_demand_by_default():
     # moto ignores TimeToLiveSpecification and point-in-time recovery: read them from the template.
-    table = load_template()["Resources"]["EventsTable"]["Properties"]
+    template = load_template()
+    table = template["Resources"]["EventsTable"]["Properties"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": dynamo_table.TTL_ATTRIBUTE, "Enabled": True}
-    assert table["BillingMode"] == dynamo_table.create_table_request("t")["BillingMode"]
+    assert template["Parameters"]["TableBillingMode"]["Default"] == "on-demand"
+    on_demand = dynamo_table.create_table_request("t")["BillingMode"]
+    assert table["BillingMode"] == {"Fn::If": ["ProvisionedTable", "PROVISIONED", on_demand]}
     assert table["KeySchema"] == dynamo_table.key_schema()
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
 
