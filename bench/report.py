@@ -25,7 +25,7 @@ KEYS: dict[str, tuple[str, ...]] = {
         "quix_floor_events_per_s",
         "quix_floor_bytes_cpu_us_per_event",
     ),
-    "producer": ("producer_events_per_s", "raw_produce_events_per_s"),
+    "producer": ("producer_events_per_s", "raw_produce_events_per_s", "producer_cpu_us_per_event"),
     "dynamo": (
         "dynamo_sink_events_per_s",
         "dynamo_baseline_events_per_s",
