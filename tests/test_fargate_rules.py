@@ -182,3 +182,10 @@ def test_lag_per_task_can_be_computed_because_container_insights_is_on():
     # https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/Container-Insights-metrics-ECS.html
     settings = RESOURCES["Cluster"]["Properties"]["ClusterSettings"]
     assert {"Name": "containerInsights", "Value": "enabled"} in settings
+
+
+def test_the_template_can_be_deployed_without_an_s3_bucket():
+    # https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html:
+    # a template body passed in the request is at most 51,200 bytes (larger ones go through S3,
+    # which `aws cloudformation deploy` then needs as --s3-bucket; moto does not enforce it).
+    assert len((ROOT / "deploy" / "crypto-live.yaml").read_bytes()) <= 51_200
