@@ -224,12 +224,26 @@ def run_sink(stack: Stack, topic: str, events: int, client: Any) -> dict[str, fl
     }
 
 
+def timed_writes(put: Any, raw_events: list[bytes]) -> tuple[float, float]:
+    """Build the sink's BatchWriteItem requests for ``raw_events`` and ``put`` each, WRITERS at
+    once: seconds from the first request, and this process's CPU seconds from the raw events
+    on (parsing and building each item is the writer's work too; the wall clock is the
+    emulator's pace, as the rate always was)."""
+    from processors import dynamo_items
+    from processors.dynamo_sink import WRITERS
+
+    cpu = time.process_time()
+    requests = list(dynamo_items.put_batches(dynamo_items.to_item(orjson.loads(raw), TTL_DAYS) for raw in raw_events))
+    with ThreadPoolExecutor(WRITERS) as pool:
+        started = time.monotonic()
+        list(pool.map(put, requests))
+        return time.monotonic() - started, time.process_time() - cpu
+
+
 def write_baseline(client: Any, table: str, raw_events: list[bytes]) -> tuple[float, float]:
     """Write ``raw_events`` as the sink would, in concurrent boto3 BatchWriteItem calls: the
     loop a user writes by hand. Seconds taken, and this process's CPU seconds for it (from
     parsing each event to the last response)."""
-    from processors import dynamo_items
-    from processors.dynamo_sink import WRITERS
 
     def put(chunk: list[dict[str, Any]]) -> None:
         pending = chunk
@@ -237,14 +251,7 @@ def write_baseline(client: Any, table: str, raw_events: list[bytes]) -> tuple[fl
             response = client.batch_write_item(RequestItems={table: pending})
             pending = response.get("UnprocessedItems", {}).get(table, [])
 
-    # CPU from the raw events on (parsing and building each item is the writer's work too);
-    # the wall clock from the first request, the emulator's pace (as the rate always was).
-    cpu = time.process_time()
-    requests = list(dynamo_items.put_batches(dynamo_items.to_item(orjson.loads(raw), TTL_DAYS) for raw in raw_events))
-    with ThreadPoolExecutor(WRITERS) as pool:
-        started = time.monotonic()
-        list(pool.map(put, requests))
-        return time.monotonic() - started, time.process_time() - cpu
+    return timed_writes(put, raw_events)
 
 
 def write_wire_floor(stack: Stack, table: str, raw_events: list[bytes]) -> tuple[float, float]:
@@ -256,7 +263,6 @@ def write_wire_floor(stack: Stack, table: str, raw_events: list[bytes]) -> tuple
     import botocore.credentials
     import urllib3
 
-    from processors import dynamo_items
     from processors.dynamo_sink import WRITERS
 
     env = stack.aws_env
@@ -277,14 +283,7 @@ def write_wire_floor(stack: Stack, table: str, raw_events: list[bytes]) -> tuple
                 raise RuntimeError(f"BatchWriteItem answered {response.status}: {response.data[:200]!r}")
             pending = orjson.loads(response.data).get("UnprocessedItems", {}).get(table, [])
 
-    # CPU from the raw events on (parsing and building each item is the writer's work too);
-    # the wall clock from the first request, the emulator's pace (as the rate always was).
-    cpu = time.process_time()
-    requests = list(dynamo_items.put_batches(dynamo_items.to_item(orjson.loads(raw), TTL_DAYS) for raw in raw_events))
-    with ThreadPoolExecutor(WRITERS) as pool:
-        started = time.monotonic()
-        list(pool.map(put, requests))
-        return time.monotonic() - started, time.process_time() - cpu
+    return timed_writes(put, raw_events)
 
 
 def measure(stack: Stack, *, quick: bool = False) -> dict[str, float]:
